@@ -1,0 +1,450 @@
+"""The durable outbox: a SQLite file (WAL) holding every event until it is delivered.
+
+Several processes may share one file. A sender *claims* a batch by writing a lease
+(owner, expiry) on its rows, so two senders never send the same rows at once, and a
+dead sender's rows become claimable again when its lease runs out. Delivered rows
+are deleted and their ids remembered for a while, so a late duplicate of an event
+(LiteLLM firing a hook twice) is not sent again. Events that cannot be sent live in
+a dead-letter table until an operator requeues or purges them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .events import CloudEvent
+
+DELIVERED_MEMORY_SECONDS = 600.0
+"""How long delivered ids are remembered to drop late duplicates."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    UNIQUE (source, id)
+);
+CREATE INDEX IF NOT EXISTS events_lease ON events (lease_until, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, id)
+);
+CREATE TABLE IF NOT EXISTS delivered (
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (source, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES
+    ('bytes', 0), ('delivered', 0), ('retried', 0), ('refused', 0), ('last_error', '');
+CREATE TRIGGER IF NOT EXISTS events_added AFTER INSERT ON events BEGIN
+    UPDATE meta SET value = value + NEW.size WHERE key = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS events_removed AFTER DELETE ON events BEGIN
+    UPDATE meta SET value = value - OLD.size WHERE key = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_added AFTER INSERT ON dead_letters BEGIN
+    UPDATE meta SET value = value + NEW.size WHERE key = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS dead_removed AFTER DELETE ON dead_letters BEGIN
+    UPDATE meta SET value = value - OLD.size WHERE key = 'bytes';
+END;
+"""
+
+
+class OutboxFull(RuntimeError):
+    """The outbox reached its byte limit; the new events were not stored."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One event leased to a sender."""
+
+    seq: int
+    source: str
+    id: str
+    body: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event that could not be delivered, with why."""
+
+    source: str
+    id: str
+    event: CloudEvent
+    reason: str
+    detail: str
+    failed_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """A snapshot of the outbox, shared by every process using the file."""
+
+    queued: int
+    in_flight: int
+    dead_lettered: int
+    delivered: int
+    retried: int
+    refused: int
+    outbox_bytes: int
+    oldest_age_seconds: float | None
+    last_error: str
+
+
+def encode(event: CloudEvent) -> str:
+    """Compact JSON of one event, as stored and sent."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class Outbox:
+    """A durable, multi-process queue of CloudEvents in one SQLite file.
+
+    Thread-safe. After ``fork`` the child opens its own connection on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int = 1024**3) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._recent: dict[tuple[str, str], None] = {}
+        self._prepare_file()
+        with self._lock:
+            self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+
+    def _prepare_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(self.path, 0o600)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # A connection inherited across fork must not be used (nor closed) by the child.
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._conn = conn
+            self._pid = os.getpid()
+            self._recent = {}
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connection()
+
+    def close(self) -> None:
+        """Close this process's connection (reopened on next use)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # -- writing -----------------------------------------------------------------
+
+    def enqueue(self, events: Sequence[CloudEvent]) -> int:
+        """Store events durably; returns how many were new.
+
+        An event whose (source, id) is already queued, dead-lettered or was
+        delivered recently is ignored. Raises :class:`OutboxFull` (storing none
+        of them) when the byte limit would be passed.
+        """
+        rows = []
+        for event in events:
+            key = (str(event["source"]), str(event["id"]))
+            if key in self._recent:
+                continue
+            body = encode(event)
+            rows.append((key[0], key[1], body, len(body.encode())))
+        if not rows:
+            return 0
+        now = time.time()
+        with self._transaction() as conn:
+            stored = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
+            incoming = sum(row[3] for row in rows)
+            if stored + incoming > self.max_bytes:
+                conn.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'refused'", (len(rows),)
+                )
+                raise OutboxFull(
+                    f"outbox {self.path} is full ({stored} of {self.max_bytes} bytes): "
+                    f"{len(rows)} event(s) refused; restore delivery or raise "
+                    "OPENMETER_OUTBOX_MAX_BYTES"
+                )
+            added = 0
+            for source, event_id, body, size in rows:
+                cursor = conn.execute(
+                    "INSERT INTO events (source, id, body, size, enqueued_at) "
+                    "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM delivered WHERE source = ? AND id = ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = ? AND id = ?) "
+                    "ON CONFLICT (source, id) DO NOTHING",
+                    (source, event_id, body, size, now, source, event_id, source, event_id),
+                )
+                added += cursor.rowcount
+        self._remember((row[0], row[1]) for row in rows)
+        return added
+
+    def _remember(self, keys: Iterable[tuple[str, str]]) -> None:
+        for key in keys:
+            self._recent[key] = None
+        while len(self._recent) > 10_000:
+            del self._recent[next(iter(self._recent))]
+
+    def dead_letter(self, events: Sequence[CloudEvent], reason: str, detail: str) -> int:
+        """Store events straight in the dead-letter table (they cannot be sent as they are)."""
+        now = time.time()
+        added = 0
+        with self._transaction() as conn:
+            for event in events:
+                body = encode(event)
+                cursor = conn.execute(
+                    "INSERT INTO dead_letters (source, id, body, size, reason, detail, failed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
+                    (
+                        str(event["source"]),
+                        str(event["id"]),
+                        body,
+                        len(body.encode()),
+                        reason,
+                        detail,
+                        now,
+                    ),
+                )
+                added += cursor.rowcount
+        return added
+
+    # -- the sender's side ---------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        """Lease up to ``limit`` of the oldest unleased events to ``owner``."""
+        now = time.time()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT seq, source, id, body, attempts FROM events "
+                "WHERE lease_until <= ? ORDER BY seq LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if rows:
+                conn.executemany(
+                    "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
+                    [(owner, now + lease_seconds, row[0]) for row in rows],
+                )
+        return [Claimed(*row) for row in rows]
+
+    def ack(self, owner: str, batch: Sequence[Claimed]) -> int:
+        """The batch was delivered: forget it and remember its ids."""
+        now = time.time()
+        with self._transaction() as conn:
+            removed = 0
+            for item in batch:
+                removed += conn.execute(
+                    "DELETE FROM events WHERE seq = ? AND lease_owner = ?", (item.seq, owner)
+                ).rowcount
+            conn.executemany(
+                "INSERT OR REPLACE INTO delivered (source, id, delivered_at) VALUES (?, ?, ?)",
+                [(item.source, item.id, now) for item in batch],
+            )
+            conn.execute("UPDATE meta SET value = value + ? WHERE key = 'delivered'", (len(batch),))
+        return removed
+
+    def release(self, owner: str, batch: Sequence[Claimed], error: str) -> None:
+        """The batch could not be delivered now: keep it for a retry."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE events SET lease_owner = NULL, lease_until = 0, attempts = attempts + 1 "
+                "WHERE seq = ? AND lease_owner = ?",
+                [(item.seq, owner) for item in batch],
+            )
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'retried'")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
+
+    def bury(self, owner: str, batch: Sequence[Claimed], reason: str, detail: str) -> None:
+        """Move events the server rejected to the dead-letter table."""
+        now = time.time()
+        with self._transaction() as conn:
+            for item in batch:
+                deleted = conn.execute(
+                    "DELETE FROM events WHERE seq = ? AND lease_owner = ?", (item.seq, owner)
+                ).rowcount
+                if deleted:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO dead_letters "
+                        "(source, id, body, size, reason, detail, failed_at, attempts) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item.source,
+                            item.id,
+                            item.body,
+                            len(item.body.encode()),
+                            reason,
+                            detail,
+                            now,
+                            item.attempts + 1,
+                        ),
+                    )
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'last_error'", (f"{reason}: {detail}",)
+            )
+
+    def set_last_error(self, error: str) -> None:
+        """Record the newest delivery error (shown by stats)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
+
+    def forget_delivered(self, older_than: float = DELIVERED_MEMORY_SECONDS) -> int:
+        """Drop remembered delivered ids older than ``older_than`` seconds."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM delivered WHERE delivered_at < ?", (time.time() - older_than,)
+            ).rowcount
+
+    # -- operators' side ------------------------------------------------------------
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT source, id, body, reason, detail, failed_at, attempts "
+                "FROM dead_letters ORDER BY failed_at, id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        return [
+            DeadLetter(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6])
+            for row in rows
+        ]
+
+    def requeue(self, ids: Sequence[str] | None = None, subject: str | None = None) -> int:
+        """Move dead letters back to the queue (all when ``ids`` is None).
+
+        ``subject`` sets the subject of each requeued event (for events that had
+        none). An event that still has no subject stays dead and raises.
+        """
+        if subject is not None and not subject.strip():
+            raise ValueError("subject must be a non-empty string")
+        now = time.time()
+        with self._transaction() as conn:
+            if ids is None:
+                rows = conn.execute("SELECT source, id, body FROM dead_letters").fetchall()
+            else:
+                rows = []
+                for event_id in ids:
+                    found = conn.execute(
+                        "SELECT source, id, body FROM dead_letters WHERE id = ?", (event_id,)
+                    ).fetchall()
+                    if not found:
+                        raise KeyError(f"no dead letter with id {event_id!r}")
+                    rows.extend(found)
+            for source, event_id, body in rows:
+                event: dict[str, Any] = json.loads(body)
+                if subject is not None:
+                    event["subject"] = subject
+                if not str(event.get("subject") or "").strip():
+                    raise ValueError(
+                        f"dead letter {event_id!r} has no subject: requeue it with a subject"
+                    )
+                new_body = encode(event)
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE source = ? AND id = ?", (source, event_id)
+                )
+                conn.execute(
+                    "INSERT INTO events (source, id, body, size, enqueued_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
+                    (source, event_id, new_body, len(new_body.encode()), now),
+                )
+        return len(rows)
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter; returns how many."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM dead_letters").rowcount
+
+    def pending(self) -> int:
+        """Events waiting to be delivered, leased or not."""
+        with self._reading() as conn:
+            count: int = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return count
+
+    def ready(self, limit: int) -> tuple[int, float | None]:
+        """How many unleased events wait (counted up to ``limit``) and the oldest's age."""
+        now = time.time()
+        with self._reading() as conn:
+            count = conn.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE lease_until <= ? LIMIT ?)",
+                (now, limit),
+            ).fetchone()[0]
+            oldest = conn.execute(
+                "SELECT enqueued_at FROM events WHERE lease_until <= ? ORDER BY seq LIMIT 1",
+                (now,),
+            ).fetchone()
+        return count, (now - oldest[0]) if oldest else None
+
+    def stats(self) -> OutboxStats:
+        """Counts and sizes for every process sharing this file."""
+        now = time.time()
+        with self._reading() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            queued, in_flight, oldest = conn.execute(
+                "SELECT COUNT(*), TOTAL(lease_until > ?), MIN(enqueued_at) FROM events", (now,)
+            ).fetchone()
+            dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+        return OutboxStats(
+            queued=int(queued),
+            in_flight=int(in_flight),
+            dead_lettered=int(dead),
+            delivered=int(meta["delivered"]),
+            retried=int(meta["retried"]),
+            refused=int(meta["refused"]),
+            outbox_bytes=int(meta["bytes"]),
+            oldest_age_seconds=None if oldest is None else max(0.0, now - oldest),
+            last_error=str(meta["last_error"]),
+        )

@@ -1,0 +1,225 @@
+"""Usage extraction: from LiteLLM's callback arguments to one :class:`UsageRecord`.
+
+Pure functions, no I/O. The input is the ``kwargs`` mapping LiteLLM passes to every
+``CustomLogger`` hook; its ``standard_logging_object`` (a StandardLoggingPayload)
+carries almost everything, the rest (the request ``user``) sits in ``kwargs``.
+
+Token convention (the rule every event follows):
+
+* ``prompt_tokens`` counts *all* input tokens, cached ones included (OpenAI's
+  convention). LiteLLM already normalises Anthropic's usage this way; a raw usage
+  that reports ``input_tokens`` without ``prompt_tokens`` (Anthropic's own
+  convention, cache tokens on top), or whose ``prompt_tokens`` is smaller than its
+  cache tokens, gets the cache tokens added.
+* ``cache_read_tokens`` and ``cache_creation_tokens`` are parts of ``prompt_tokens``.
+* ``reasoning_tokens`` is a part of ``completion_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+IDENTITY_NAMES = ("user", "key_user_id", "end_user", "team_id", "key_alias", "org_id")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """What one LiteLLM call used, independent of any event format."""
+
+    call_id: str
+    end_time: datetime
+    model: str
+    success: bool = True
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float = 0.0
+    priced: bool = True
+    model_group: str | None = None
+    provider: str | None = None
+    call_type: str | None = None
+    team_id: str | None = None
+    key_alias: str | None = None
+    end_user: str | None = None
+    error_class: str | None = None
+    error_code: str | None = None
+    cache_hit: bool = False
+    identities: Mapping[str, str] = field(default_factory=dict)
+    """Candidate subjects by name (see ``IDENTITY_NAMES``), empty values left out."""
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input tokens that were neither read from nor written to a prompt cache."""
+        return max(0, self.prompt_tokens - self.cache_read_tokens - self.cache_creation_tokens)
+
+    @property
+    def non_reasoning_output_tokens(self) -> int:
+        """Output tokens that are not reasoning tokens."""
+        return max(0, self.completion_tokens - self.reasoning_tokens)
+
+
+class UsageError(ValueError):
+    """The callback arguments do not describe a call (no call id at all)."""
+
+
+def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
+    """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
+    slo = _mapping(kwargs.get("standard_logging_object"))
+    metadata = _mapping(slo.get("metadata"))
+    litellm_params = _mapping(kwargs.get("litellm_params"))
+    params_metadata = _mapping(litellm_params.get("metadata"))
+
+    call_id = _text(kwargs.get("litellm_call_id")) or _text(slo.get("litellm_call_id"))
+    if call_id is None:
+        call_id = _text(slo.get("id"))
+    if call_id is None:
+        raise UsageError("LiteLLM passed no litellm_call_id for this call")
+
+    usage = _mapping(metadata.get("usage_object"))
+    tokens = _tokens(usage, slo)
+    end_time = _time(slo.get("endTime"), kwargs.get("end_time"))
+
+    # kwargs["response_cost"] is None when LiteLLM could not price the call; the
+    # standard logging object then says 0.0, so it is only the fallback.
+    if "response_cost" in kwargs:
+        cost = _number(kwargs.get("response_cost"))
+        priced = cost is not None
+    else:
+        cost = _number(slo.get("response_cost"))
+        used = tokens["prompt_tokens"] + tokens["completion_tokens"]
+        priced = cost is not None and (cost > 0 or used == 0)
+    priced = priced or not success
+    if cost is None:
+        cost = 0.0
+
+    def meta(name: str) -> str | None:
+        return _text(metadata.get(name)) or _text(params_metadata.get(name))
+
+    end_user = _text(slo.get("end_user")) or meta("user_api_key_end_user_id")
+    identities = {
+        "user": _text(kwargs.get("user"))
+        or _text(_mapping(slo.get("model_parameters")).get("user")),
+        "key_user_id": meta("user_api_key_user_id"),
+        "end_user": end_user,
+        "team_id": meta("user_api_key_team_id"),
+        "key_alias": meta("user_api_key_alias"),
+        "org_id": meta("user_api_key_org_id"),
+    }
+    error_info = _mapping(slo.get("error_information"))
+    error_class = _text(error_info.get("error_class"))
+    if not success and error_class is None:
+        exception = kwargs.get("exception")
+        error_class = type(exception).__name__ if exception is not None else "UnknownError"
+    return UsageRecord(
+        call_id=call_id,
+        end_time=end_time,
+        model=_text(slo.get("model")) or _text(kwargs.get("model")) or "unknown",
+        success=success,
+        cost=cost,
+        priced=priced,
+        model_group=_text(slo.get("model_group")),
+        provider=_text(slo.get("custom_llm_provider"))
+        or _text(litellm_params.get("custom_llm_provider")),
+        call_type=_text(slo.get("call_type")) or _text(kwargs.get("call_type")),
+        team_id=identities["team_id"],
+        key_alias=identities["key_alias"],
+        end_user=end_user,
+        error_class=None if success else error_class,
+        error_code=None if success else _text(error_info.get("error_code")),
+        cache_hit=slo.get("cache_hit") is True,
+        identities={k: v for k, v in identities.items() if v is not None},
+        **tokens,
+    )
+
+
+def _tokens(usage: Mapping[str, object], slo: Mapping[str, object]) -> dict[str, int]:
+    prompt_details = _mapping(usage.get("prompt_tokens_details"))
+    completion_details = _mapping(usage.get("completion_tokens_details"))
+    cache_read = _count(usage.get("cache_read_input_tokens")) or _count(
+        prompt_details.get("cached_tokens")
+    )
+    cache_creation = _count(usage.get("cache_creation_input_tokens")) or _count(
+        prompt_details.get("cache_creation_tokens")
+    )
+    reasoning = _count(completion_details.get("reasoning_tokens")) or _count(
+        usage.get("reasoning_tokens")
+    )
+    if "prompt_tokens" in usage:
+        prompt = _count(usage.get("prompt_tokens"))
+    elif "input_tokens" in usage:
+        # Anthropic's own convention: input_tokens excludes the cache tokens.
+        prompt = _count(usage.get("input_tokens")) + cache_read + cache_creation
+    else:
+        prompt = _count(slo.get("prompt_tokens"))
+    if prompt < cache_read + cache_creation:
+        prompt += cache_read + cache_creation
+    if "completion_tokens" in usage:
+        completion = _count(usage.get("completion_tokens"))
+    elif "output_tokens" in usage:
+        completion = _count(usage.get("output_tokens"))
+    else:
+        completion = _count(slo.get("completion_tokens"))
+    completion = max(completion, reasoning)
+    total = _count(usage.get("total_tokens")) or _count(slo.get("total_tokens"))
+    total = max(total, prompt + completion)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cache_read_tokens": cache_read,
+        "cache_creation_tokens": cache_creation,
+        "reasoning_tokens": reasoning,
+    }
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    if isinstance(value, Mapping):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    return {}
+
+
+def _text(value: object) -> str | None:
+    """A non-empty string, or None. Numbers become their string (user ids)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return value if value.strip() else None
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _count(value: object) -> int:
+    number = _number(value)
+    return int(number) if number is not None else 0
+
+
+def _time(epoch: object, fallback: object) -> datetime:
+    number = _number(epoch)
+    if number is not None and number > 0:
+        return datetime.fromtimestamp(number, tz=timezone.utc)
+    if isinstance(fallback, datetime):
+        # LiteLLM's start/end times are naive local times; astimezone reads them so.
+        return fallback.astimezone(timezone.utc)
+    return datetime.now(tz=timezone.utc)

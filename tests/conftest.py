@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+
+from ingest_server import RecordingServer
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+OPENAPI = REFERENCE / "openmeter" / "openapi.yaml"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+async def async_wait_for(
+    predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition"
+) -> Any:
+    """``wait_for`` for a test running on an event loop: LiteLLM's async hooks run
+    on the caller's loop, so the loop must stay alive until they have run."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def stored(logger: Any) -> int:
+    """Events a logger has stored so far (queued or delivered)."""
+    stats = logger.stats()
+    return int(stats["queued"]) + int(stats["delivered"])
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("OPENMETER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def ingest() -> Iterator[RecordingServer]:
+    server = RecordingServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def callbacks() -> Iterator[list[Any]]:
+    """litellm.callbacks for one test, restored after."""
+    manager = litellm.logging_callback_manager
+    manager._reset_all_callbacks()
+    registered: list[Any] = []
+    litellm.callbacks = registered
+    yield registered
+    manager._reset_all_callbacks()
+
+
+@pytest.fixture
+def make_logger(tmp_path: Path, ingest: RecordingServer) -> Iterator[Callable[..., Any]]:
+    from litellm_openmeter import OpenMeterLogger
+
+    made: list[OpenMeterLogger] = []
+
+    def make(**overrides: Any) -> OpenMeterLogger:
+        settings: dict[str, Any] = {
+            "api_key": "test-key",
+            "endpoint": ingest.url,
+            "outbox_path": tmp_path / f"outbox{len(made)}.sqlite3",
+            "flush_interval": 0.05,
+            "retry_max_delay": 0.2,
+            "http_timeout": 2.0,
+        }
+        settings.update(overrides)
+        logger = OpenMeterLogger(**settings)
+        made.append(logger)
+        return logger
+
+    yield make
+    for logger in made:
+        logger.close(timeout=1.0)

@@ -1,0 +1,263 @@
+"""Real LiteLLM calls (mock_response) through OpenMeterLogger to a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import litellm
+import pytest
+from conftest import async_wait_for, stored, wait_for
+from ingest_server import RecordingServer
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def delivered(ingest: RecordingServer, count: int) -> list[dict[str, Any]]:
+    wait_for(lambda: len(ingest.accepted_events()) >= count, what=f"{count} event(s)")
+    return ingest.accepted_events()
+
+
+def check_envelope(event: dict[str, Any], subject: str, event_type: str = "litellm_tokens") -> None:
+    assert event["specversion"] == "1.0"
+    assert event["type"] == event_type
+    assert event["source"] == "litellm-proxy"
+    assert event["subject"] == subject
+    assert TIME_RE.match(event["time"]), event["time"]
+    assert isinstance(event["id"], str) and event["id"]
+
+
+def test_sync_completion_sends_one_complete_event(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    callbacks.append(logger)
+    before = datetime.now(timezone.utc)
+    response = litellm.completion(
+        model="gpt-4o", messages=MESSAGES, mock_response="hi there", user="user-123"
+    )
+    [event] = delivered(ingest, 1)
+    [request] = ingest.requests
+    assert request.path == "/api/v1/events"
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert request.headers["content-type"] == "application/cloudevents+json"
+    check_envelope(event, "user-123")
+    assert event["id"] != response.id  # the LiteLLM call id, not the provider's response id
+    sent_time = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+    assert before <= sent_time <= datetime.now(timezone.utc)
+    assert event["data"] == {
+        "model": "gpt-4o",
+        "cost": pytest.approx(0.000225),
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "total_tokens": 30,
+        "cache_read_tokens": 0,
+        "cache_creation_tokens": 0,
+        "reasoning_tokens": 0,
+        "provider": "openai",
+        "call_type": "completion",
+    }
+
+
+def test_async_completion_and_streams_one_event_per_call(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    callbacks.append(logger)
+
+    async def run() -> None:
+        await litellm.acompletion(model="gpt-4o", messages=MESSAGES, mock_response="a b", user="u-a")
+        stream = await litellm.acompletion(
+            model="gpt-4o", messages=MESSAGES, mock_response="one two three", user="u-as",
+            stream=True,
+        )
+        async for _ in stream:
+            pass
+        await async_wait_for(lambda: stored(logger) >= 2, what="async hooks")
+
+    asyncio.run(run())
+    stream = litellm.completion(
+        model="gpt-4o", messages=MESSAGES, mock_response="x y z", user="u-s", stream=True
+    )
+    for _ in stream:
+        pass
+    events = delivered(ingest, 3)
+    wait_for(lambda: logger.outbox.pending() == 0, what="empty outbox")
+    by_subject = {event["subject"]: event for event in ingest.accepted_events()}
+    assert sorted(by_subject) == ["u-a", "u-as", "u-s"]
+    assert len(events) == 3
+    assert by_subject["u-a"]["data"]["call_type"] == "acompletion"
+    for subject in ("u-as", "u-s"):
+        data = by_subject[subject]["data"]
+        assert data["completion_tokens"] > 0 and data["prompt_tokens"] > 0
+        assert data["cost"] > 0
+    assert len({event["id"] for event in events}) == 3
+
+
+def test_embedding_call(make_logger: Any, callbacks: list[Any], ingest: RecordingServer) -> None:
+    callbacks.append(make_logger())
+    litellm.embedding(
+        model="text-embedding-3-small", input=["hello world"], mock_response=[0.1, 0.2], user=7
+    )
+    [event] = delivered(ingest, 1)
+    check_envelope(event, "7")
+    assert event["data"]["call_type"] == "embedding"
+    assert event["data"]["prompt_tokens"] > 0
+    assert event["data"]["completion_tokens"] == 0
+    assert event["data"]["total_tokens"] >= event["data"]["prompt_tokens"]
+    assert event["data"]["cost"] > 0
+
+
+def test_cached_and_reasoning_tokens_reach_the_event(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    callbacks.append(make_logger())
+    mocked = litellm.ModelResponse(
+        model="gpt-4o",
+        choices=[{"message": {"role": "assistant", "content": "ok"}}],
+        usage=litellm.Usage(
+            prompt_tokens=100, completion_tokens=50, total_tokens=150,
+            prompt_tokens_details={"cached_tokens": 40},
+            completion_tokens_details={"reasoning_tokens": 30},
+        ),
+    )
+    litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=mocked, user="u")
+    [event] = delivered(ingest, 1)
+    data = event["data"]
+    assert (data["prompt_tokens"], data["cache_read_tokens"], data["reasoning_tokens"]) == (
+        100, 40, 30)
+    assert data["cost"] == pytest.approx(0.0007)
+
+
+def test_litellm_cache_hit_is_its_own_event(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    callbacks.append(make_logger())
+    litellm.cache = litellm.Cache()
+    try:
+        first = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="same",
+                                   user="u", caching=True)
+        second = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="same",
+                                    user="u", caching=True)
+    finally:
+        litellm.cache = None
+    assert first.id == second.id  # LiteLLM hands back the cached response...
+    events = delivered(ingest, 2)
+    assert len({event["id"] for event in events}) == 2  # ...but each call is billed once
+
+
+def test_hook_fired_twice_gives_one_event(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    seen: list[dict[str, Any]] = []
+
+    class Spy(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
+        def log_success_event(self, kwargs: Any, *args: Any, **kw: Any) -> None:
+            seen.append(kwargs)
+
+    callbacks.append(Spy())
+    litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi", user="u")
+    kwargs = wait_for(lambda: seen and seen[0])
+    first = logger.record_call(kwargs, success=True)
+    second = logger.record_call(kwargs, success=True)
+    assert first[0]["id"] == second[0]["id"]
+    assert logger.flush(10)
+    assert len(ingest.accepted_events()) == 1
+
+
+def test_call_without_subject_is_kept_and_logged(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = make_logger()
+    callbacks.append(logger)
+    with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi")
+        dead = wait_for(logger.dead_letters, what="a dead letter")
+    [letter] = dead
+    assert letter["reason"] == "no_subject"
+    assert letter["event"]["data"]["prompt_tokens"] == 10
+    assert letter["id"] in caplog.text and "OPENMETER_SUBJECT_FROM" in caplog.text
+    assert ingest.requests == []
+    assert logger.requeue([letter["id"]], subject="fixed-user") == 1
+    [event] = delivered(ingest, 1)
+    assert event["subject"] == "fixed-user" and event["id"] == letter["id"]
+
+
+def test_failures_are_not_metered_by_default(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    callbacks.append(logger)
+    with pytest.raises(litellm.exceptions.InternalServerError):
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("x"),
+                           user="u")
+    litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="fine", user="u")
+    delivered(ingest, 1)
+    assert logger.flush(5)
+    assert [e["type"] for e in ingest.accepted_events()] == ["litellm_tokens"]
+
+
+def test_failures_metered_when_asked(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    async def run() -> None:
+        with pytest.raises(litellm.RateLimitError):
+            await litellm.acompletion(
+                model="gpt-4o", messages=MESSAGES, user="u-f",
+                mock_response=litellm.RateLimitError("slow down", llm_provider="openai",
+                                                     model="gpt-4o"),
+            )
+        await async_wait_for(lambda: stored(logger) >= 1, what="async failure hook")
+
+    logger = make_logger(meter_failures=True)
+    callbacks.append(logger)
+    asyncio.run(run())
+    [event] = delivered(ingest, 1)
+    check_envelope(event, "u-f", "litellm_tokens_failure")
+    assert event["id"].endswith(":failure")
+    assert event["data"]["error_class"] == "RateLimitError"
+    assert event["data"]["error_code"] == "429"
+    assert event["data"]["model"] == "gpt-4o"
+
+
+def test_tokens_shape_one_event_per_kind(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    callbacks.append(make_logger(event_shape="tokens"))
+    mocked = litellm.ModelResponse(
+        model="gpt-4o",
+        choices=[{"message": {"role": "assistant", "content": "ok"}}],
+        usage=litellm.Usage(prompt_tokens=100, completion_tokens=50, total_tokens=150,
+                            prompt_tokens_details={"cached_tokens": 40}),
+    )
+    litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=mocked, user="u")
+    events = delivered(ingest, 3)
+    [request] = ingest.requests
+    assert request.headers["content-type"] == "application/cloudevents-batch+json"
+    kinds = {event["data"]["type"]: event for event in events}
+    assert {k: e["data"]["tokens"] for k, e in kinds.items()} == {
+        "input": 60, "output": 50, "cache_read": 40}
+    call_id = kinds["input"]["data"]["call_id"]
+    for kind, event in kinds.items():
+        check_envelope(event, "u", "prompt")
+        assert event["id"] == f"{call_id}:{kind}"
+    assert sum(e["data"]["cost"] for e in events) == pytest.approx(0.0007)
+
+
+def test_unpriced_model_warns_and_sends_zero_cost(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    callbacks.append(make_logger())
+    with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
+        litellm.completion(model="openai/no-such-model-xyz", messages=MESSAGES,
+                           mock_response="hi", user="u")
+        [event] = delivered(ingest, 1)
+    assert event["data"]["cost"] == 0
+    assert "no price for model 'no-such-model-xyz'" in caplog.text
