@@ -49,6 +49,13 @@ class OpenMeterLogger(CustomLogger):
         super().__init__()
         self.settings = settings if settings is not None else Settings.from_env(**overrides)
         self.resolve_subject = resolve_subject
+        # LiteLLM drops a callback whose class name and public str/int/bool attributes
+        # equal another registered one's: this keeps ours apart from LiteLLM's
+        # same-named logger and from our own loggers with other destinations.
+        self.metering_target = (
+            f"litellm_openmeter|{self.settings.endpoint}|{self.settings.event_type}|"
+            f"{self.settings.event_shape}|{self.settings.outbox_path}"
+        )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.sender = Sender(self.settings, self.outbox)
         self._unpriced_models: set[str] = set()
