@@ -102,3 +102,24 @@ def make_logger(tmp_path: Path, ingest: RecordingServer) -> Iterator[Callable[..
     yield make
     for logger in made:
         logger.close(timeout=1.0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def hook_kwargs(call_id: str, user: str = "user-1") -> dict[str, Any]:
+    """Recorded LiteLLM hook arguments of one call, with a new call id and user."""
+    import json
+
+    kwargs: dict[str, Any] = json.loads((FIXTURES / "openai_cached.json").read_text())
+    kwargs["litellm_call_id"] = call_id
+    kwargs["user"] = user
+    return kwargs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     status: int = 0
+    received: float = 0.0
 
     def events(self) -> list[dict[str, Any]]:
         parsed = json.loads(self.body)
@@ -30,8 +32,13 @@ class Recorded:
 
 
 def problem(status: int, title: str, detail: str) -> Answer:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
-            "instance": "/api/v1/events"}
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": "/api/v1/events",
+    }
     return status, {"Content-Type": "application/problem+json"}, json.dumps(body).encode()
 
 
@@ -40,6 +47,7 @@ class RecordingServer:
     """Answers 204 by default; set ``respond`` to change that."""
 
     respond: Callable[[Recorded], Answer] | None = None
+    port_wanted: int = 0
     requests: list[Recorded] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -56,8 +64,13 @@ class RecordingServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                item = Recorded("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
-                                body)
+                item = Recorded(
+                    "POST",
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    received=time.monotonic(),
+                )
                 answer = recorder.respond(item) if recorder.respond else (204, {}, b"")
                 status, headers, payload = answer
                 item.status = status
@@ -70,7 +83,7 @@ class RecordingServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port_wanted), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -83,6 +96,9 @@ class RecordingServer:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def accepted_ids(self) -> set[str]:
+        return {event["id"] for event in self.accepted_events()}
 
     def accepted_events(self) -> list[dict[str, Any]]:
         """Events of requests answered 2xx (a batch counts whole)."""

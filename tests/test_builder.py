@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from conftest import OPENAPI
 
 try:  # cloudevents >= 2 keeps the 1.x API under cloudevents.v1
@@ -105,7 +106,12 @@ def test_openai_cached_tokens() -> None:
     assert data["total_tokens"] == 150 and data["cost"] == pytest.approx(0.0007)
     assert data["provider"] == "openai" and data["call_type"] == "completion"
     assert token_counts(record) == {
-        "input": 60, "output": 50, "cache_read": 40, "cache_creation": 0, "reasoning": 0}
+        "input": 60,
+        "output": 50,
+        "cache_read": 40,
+        "cache_creation": 0,
+        "reasoning": 0,
+    }
 
 
 def test_anthropic_cache_read_and_creation() -> None:
@@ -113,7 +119,10 @@ def test_anthropic_cache_read_and_creation() -> None:
     [event] = build_events(record, settings())
     data = event["data"]
     assert (data["prompt_tokens"], data["cache_read_tokens"], data["cache_creation_tokens"]) == (
-        150, 30, 20)
+        150,
+        30,
+        20,
+    )
     assert data["provider"] == "anthropic"
     assert token_counts(record)["input"] == 100
 
@@ -126,7 +135,10 @@ def test_anthropic_additive_convention_is_normalised() -> None:
     usage.update(input_tokens=100, output_tokens=50)
     record = record_from_kwargs(kwargs)
     assert (record.prompt_tokens, record.cache_read_tokens, record.cache_creation_tokens) == (
-        150, 30, 20)
+        150,
+        30,
+        20,
+    )
     assert record.completion_tokens == 50 and record.total_tokens == 200
 
 
@@ -144,7 +156,10 @@ def test_reasoning_tokens() -> None:
     assert event["data"]["completion_tokens"] == 120
     tokens = build_events(record, settings(event_shape="tokens"))
     assert {e["data"]["type"]: e["data"]["tokens"] for e in tokens} == {
-        "input": 20, "output": 20, "reasoning": 100}
+        "input": 20,
+        "output": 20,
+        "reasoning": 100,
+    }
 
 
 def test_embedding() -> None:
@@ -184,8 +199,11 @@ def test_proxy_metadata_dimensions_and_subject_order() -> None:
     assert data["team_id"] == "team-a" and data["key_alias"] == "prod-key"
     assert data["end_user"] == "customer-77" and data["model_group"] == "fast"
     for order, expected in [
-        ("end_user,user", "customer-77"), ("team_id", "team-a"), ("key_alias", "prod-key"),
-        ("org_id", "org-1"), ("user,key_user_id", "key-user-9"),
+        ("end_user,user", "customer-77"),
+        ("team_id", "team-a"),
+        ("key_alias", "prod-key"),
+        ("org_id", "org-1"),
+        ("user,key_user_id", "key-user-9"),
     ]:
         [event] = build_events(record, settings(subject_from=order))
         assert event["subject"] == expected
@@ -277,7 +295,8 @@ def test_token_kinds_add_up(
     kwargs = fixture("openai_cached")
     kwargs["response_cost"] = cost
     kwargs["standard_logging_object"]["metadata"]["usage_object"] = {
-        "prompt_tokens": prompt, "completion_tokens": completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
         "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": created},
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
@@ -298,6 +317,7 @@ def test_format_time() -> None:
 
 
 def test_resolve_subject_skips_blank() -> None:
-    record = UsageRecord(call_id="c", end_time=datetime.now(), model="m",
-                         identities={"user": " ", "team_id": "t"})
+    record = UsageRecord(
+        call_id="c", end_time=datetime.now(), model="m", identities={"user": " ", "team_id": "t"}
+    )
     assert resolve_subject(record, ("user", "team_id")) == "t"

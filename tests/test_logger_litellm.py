@@ -10,6 +10,7 @@ from typing import Any
 
 import litellm
 import pytest
+
 from conftest import async_wait_for, stored, wait_for
 from ingest_server import RecordingServer
 
@@ -70,9 +71,14 @@ def test_async_completion_and_streams_one_event_per_call(
     callbacks.append(logger)
 
     async def run() -> None:
-        await litellm.acompletion(model="gpt-4o", messages=MESSAGES, mock_response="a b", user="u-a")
+        await litellm.acompletion(
+            model="gpt-4o", messages=MESSAGES, mock_response="a b", user="u-a"
+        )
         stream = await litellm.acompletion(
-            model="gpt-4o", messages=MESSAGES, mock_response="one two three", user="u-as",
+            model="gpt-4o",
+            messages=MESSAGES,
+            mock_response="one two three",
+            user="u-as",
             stream=True,
         )
         async for _ in stream:
@@ -120,7 +126,9 @@ def test_cached_and_reasoning_tokens_reach_the_event(
         model="gpt-4o",
         choices=[{"message": {"role": "assistant", "content": "ok"}}],
         usage=litellm.Usage(
-            prompt_tokens=100, completion_tokens=50, total_tokens=150,
+            prompt_tokens=100,
+            completion_tokens=50,
+            total_tokens=150,
             prompt_tokens_details={"cached_tokens": 40},
             completion_tokens_details={"reasoning_tokens": 30},
         ),
@@ -129,7 +137,10 @@ def test_cached_and_reasoning_tokens_reach_the_event(
     [event] = delivered(ingest, 1)
     data = event["data"]
     assert (data["prompt_tokens"], data["cache_read_tokens"], data["reasoning_tokens"]) == (
-        100, 40, 30)
+        100,
+        40,
+        30,
+    )
     assert data["cost"] == pytest.approx(0.0007)
 
 
@@ -139,10 +150,12 @@ def test_litellm_cache_hit_is_its_own_event(
     callbacks.append(make_logger())
     litellm.cache = litellm.Cache()
     try:
-        first = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="same",
-                                   user="u", caching=True)
-        second = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="same",
-                                    user="u", caching=True)
+        first = litellm.completion(
+            model="gpt-4o", messages=MESSAGES, mock_response="same", user="u", caching=True
+        )
+        second = litellm.completion(
+            model="gpt-4o", messages=MESSAGES, mock_response="same", user="u", caching=True
+        )
     finally:
         litellm.cache = None
     assert first.id == second.id  # LiteLLM hands back the cached response...
@@ -171,7 +184,9 @@ def test_hook_fired_twice_gives_one_event(
 
 
 def test_call_without_subject_is_kept_and_logged(
-    make_logger: Any, callbacks: list[Any], ingest: RecordingServer,
+    make_logger: Any,
+    callbacks: list[Any],
+    ingest: RecordingServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     logger = make_logger()
@@ -195,8 +210,9 @@ def test_failures_are_not_metered_by_default(
     logger = make_logger()
     callbacks.append(logger)
     with pytest.raises(litellm.exceptions.InternalServerError):
-        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("x"),
-                           user="u")
+        litellm.completion(
+            model="gpt-4o", messages=MESSAGES, mock_response=Exception("x"), user="u"
+        )
     litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="fine", user="u")
     delivered(ingest, 1)
     assert logger.flush(5)
@@ -209,9 +225,12 @@ def test_failures_metered_when_asked(
     async def run() -> None:
         with pytest.raises(litellm.RateLimitError):
             await litellm.acompletion(
-                model="gpt-4o", messages=MESSAGES, user="u-f",
-                mock_response=litellm.RateLimitError("slow down", llm_provider="openai",
-                                                     model="gpt-4o"),
+                model="gpt-4o",
+                messages=MESSAGES,
+                user="u-f",
+                mock_response=litellm.RateLimitError(
+                    "slow down", llm_provider="openai", model="gpt-4o"
+                ),
             )
         await async_wait_for(lambda: stored(logger) >= 1, what="async failure hook")
 
@@ -233,8 +252,12 @@ def test_tokens_shape_one_event_per_kind(
     mocked = litellm.ModelResponse(
         model="gpt-4o",
         choices=[{"message": {"role": "assistant", "content": "ok"}}],
-        usage=litellm.Usage(prompt_tokens=100, completion_tokens=50, total_tokens=150,
-                            prompt_tokens_details={"cached_tokens": 40}),
+        usage=litellm.Usage(
+            prompt_tokens=100,
+            completion_tokens=50,
+            total_tokens=150,
+            prompt_tokens_details={"cached_tokens": 40},
+        ),
     )
     litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=mocked, user="u")
     events = delivered(ingest, 3)
@@ -242,7 +265,10 @@ def test_tokens_shape_one_event_per_kind(
     assert request.headers["content-type"] == "application/cloudevents-batch+json"
     kinds = {event["data"]["type"]: event for event in events}
     assert {k: e["data"]["tokens"] for k, e in kinds.items()} == {
-        "input": 60, "output": 50, "cache_read": 40}
+        "input": 60,
+        "output": 50,
+        "cache_read": 40,
+    }
     call_id = kinds["input"]["data"]["call_id"]
     for kind, event in kinds.items():
         check_envelope(event, "u", "prompt")
@@ -251,13 +277,16 @@ def test_tokens_shape_one_event_per_kind(
 
 
 def test_unpriced_model_warns_and_sends_zero_cost(
-    make_logger: Any, callbacks: list[Any], ingest: RecordingServer,
+    make_logger: Any,
+    callbacks: list[Any],
+    ingest: RecordingServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     callbacks.append(make_logger())
     with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
-        litellm.completion(model="openai/no-such-model-xyz", messages=MESSAGES,
-                           mock_response="hi", user="u")
+        litellm.completion(
+            model="openai/no-such-model-xyz", messages=MESSAGES, mock_response="hi", user="u"
+        )
         [event] = delivered(ingest, 1)
     assert event["data"]["cost"] == 0
     assert "no price for model 'no-such-model-xyz'" in caplog.text

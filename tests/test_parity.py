@@ -13,14 +13,22 @@ from typing import Any
 
 import litellm
 import pytest
+from litellm.integrations.openmeter import OpenMeterLogger as BuiltinLogger
+
 from conftest import wait_for
 from ingest_server import RecordingServer
-from litellm.integrations.openmeter import OpenMeterLogger as BuiltinLogger
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ADDED_FIELDS = {
-    "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens",
-    "model_group", "provider", "call_type", "team_id", "key_alias", "end_user",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "model_group",
+    "provider",
+    "call_type",
+    "team_id",
+    "key_alias",
+    "end_user",
 }
 CHANGED = {"id", "time", "total_tokens", "cost"}
 
@@ -30,7 +38,9 @@ def ours(request_headers: dict[str, str]) -> bool:
 
 
 def test_same_calls_same_bodies_but_documented_differences(
-    make_logger: Any, callbacks: list[Any], ingest: RecordingServer,
+    make_logger: Any,
+    callbacks: list[Any],
+    ingest: RecordingServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OPENMETER_API_KEY", "test-key")
@@ -38,16 +48,26 @@ def test_same_calls_same_bodies_but_documented_differences(
     callbacks.extend([BuiltinLogger(), make_logger()])
     messages = [{"role": "user", "content": "hello"}]
     cached = litellm.ModelResponse(
-        model="gpt-4o", choices=[{"message": {"role": "assistant", "content": "ok"}}],
-        usage=litellm.Usage(prompt_tokens=100, completion_tokens=50, total_tokens=150,
-                            prompt_tokens_details={"cached_tokens": 40}),
+        model="gpt-4o",
+        choices=[{"message": {"role": "assistant", "content": "ok"}}],
+        usage=litellm.Usage(
+            prompt_tokens=100,
+            completion_tokens=50,
+            total_tokens=150,
+            prompt_tokens_details={"cached_tokens": 40},
+        ),
     )
     litellm.completion(model="gpt-4o", messages=messages, mock_response="hi", user="p-plain")
     litellm.completion(model="gpt-4o", messages=messages, mock_response=cached, user="p-cached")
-    litellm.completion(model="gpt-4o-mini", messages=messages, mock_response="hi",
-                       metadata={"user_api_key_user_id": "p-key"})
-    litellm.embedding(model="text-embedding-3-small", input=["x"], mock_response=[0.1],
-                      user="p-embed")
+    litellm.completion(
+        model="gpt-4o-mini",
+        messages=messages,
+        mock_response="hi",
+        metadata={"user_api_key_user_id": "p-key"},
+    )
+    litellm.embedding(
+        model="text-embedding-3-small", input=["x"], mock_response=[0.1], user="p-embed"
+    )
 
     def both_sides() -> bool:
         mine = [r for r in ingest.requests if ours(r.headers)]
@@ -76,8 +96,9 @@ def test_same_calls_same_bodies_but_documented_differences(
             elif key == "total_tokens":
                 # Ours is never below prompt + completion (LiteLLM's mock embedding says 0).
                 data = builtin["data"]
-                assert event["data"][key] == max(value, data["prompt_tokens"]
-                                                 + data["completion_tokens"])
+                assert event["data"][key] == max(
+                    value, data["prompt_tokens"] + data["completion_tokens"]
+                )
             else:
                 assert event["data"][key] == value, (subject, key)
         # id: the built-in sends the provider response id, ours the LiteLLM call id.

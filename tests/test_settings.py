@@ -60,15 +60,21 @@ def test_invalid_values_name_variable_and_accepted(name: str, value: str, accept
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.2"])
 def test_plain_http_allowed_on_loopback(host: str) -> None:
-    conf = Settings.from_env({"OPENMETER_API_KEY": "k", "OPENMETER_API_ENDPOINT": f"http://{host}:8888"})
+    conf = Settings.from_env(
+        {"OPENMETER_API_KEY": "k", "OPENMETER_API_ENDPOINT": f"http://{host}:8888"}
+    )
     assert conf.events_url == f"http://{host}:8888/api/v1/events"
 
 
 def test_booleans_and_tokens_default_type() -> None:
-    conf = Settings.from_env({
-        "OPENMETER_API_KEY": "k", "OPENMETER_TRUST_REQUEST_USER": "false",
-        "OPENMETER_METER_FAILURES": "yes", "OPENMETER_EVENT_SHAPE": "tokens",
-    })
+    conf = Settings.from_env(
+        {
+            "OPENMETER_API_KEY": "k",
+            "OPENMETER_TRUST_REQUEST_USER": "false",
+            "OPENMETER_METER_FAILURES": "yes",
+            "OPENMETER_EVENT_SHAPE": "tokens",
+        }
+    )
     assert conf.trust_request_user is False and conf.meter_failures is True
     assert conf.event_type == "prompt"
     assert conf.failure_event_type == "prompt_failure"
@@ -76,8 +82,13 @@ def test_booleans_and_tokens_default_type() -> None:
 
 
 def test_overrides_win_and_unknown_override_rejected(tmp_path: Path) -> None:
-    conf = Settings.from_env({"OPENMETER_API_KEY": "env"}, api_key="kw", endpoint="http://127.0.0.1:1",
-                             outbox_path=tmp_path / "o.db", batch_size=5)
+    conf = Settings.from_env(
+        {"OPENMETER_API_KEY": "env"},
+        api_key="kw",
+        endpoint="http://127.0.0.1:1",
+        outbox_path=tmp_path / "o.db",
+        batch_size=5,
+    )
     assert conf.api_key == "kw" and conf.endpoint == "http://127.0.0.1:1"
     assert conf.outbox_path == tmp_path / "o.db" and conf.batch_size == 5
     with pytest.raises(SettingsError, match="bach_size"):

@@ -60,6 +60,7 @@ class OpenMeterLogger(CustomLogger):
         self.sender = Sender(self.settings, self.outbox)
         self._unpriced_models: set[str] = set()
         self._since_wake = 0
+        self._enqueued = 0
         self._closed = False
         self._lock = threading.Lock()
         _live_loggers.add(self)
@@ -150,8 +151,10 @@ class OpenMeterLogger(CustomLogger):
 
     def stats(self) -> dict[str, Any]:
         """Delivery counters: queued, in_flight, delivered, retried, dead_lettered,
-        refused, outbox_bytes, oldest_age_seconds, last_error, paused."""
+        refused, outbox_bytes, oldest_age_seconds, last_error, paused (shared by every
+        process using the outbox file) and enqueued (stored by this logger)."""
         snapshot = asdict(self.outbox.stats())
+        snapshot["enqueued"] = self._enqueued
         snapshot["paused"] = self.sender.paused_reason
         snapshot["last_error"] = self.sender.last_error or snapshot["last_error"]
         return snapshot
@@ -172,7 +175,7 @@ class OpenMeterLogger(CustomLogger):
 
     def _store(self, events: list[CloudEvent]) -> None:
         try:
-            self.outbox.enqueue(events)
+            added = self.outbox.enqueue(events)
         except OutboxFull as exc:
             log.error("litellm-openmeter: %s (event ids %s)", exc, [e["id"] for e in events])
             return
@@ -184,6 +187,8 @@ class OpenMeterLogger(CustomLogger):
                 json.dumps(events),
             )
             return
+        with self._lock:
+            self._enqueued += added
         if self._closed:
             return  # kept in the outbox for the next process; no thread after close()
         self.sender.ensure_started()

@@ -119,6 +119,27 @@ class OutboxStats:
     last_error: str
 
 
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the process named in a lease owner (``<pid>-<random>``) still runs.
+
+    The outbox is a local SQLite file, so its senders share this host's pids. A
+    lease of a killed process is void at once instead of when it runs out.
+    """
+    try:
+        pid = int(str(owner).split("-", 1)[0])
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def encode(event: CloudEvent) -> str:
     """Compact JSON of one event, as stored and sent."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -208,6 +229,7 @@ class Outbox:
         if not rows:
             return 0
         now = time.time()
+        full: str | None = None
         with self._transaction() as conn:
             stored = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
             incoming = sum(row[3] for row in rows)
@@ -215,11 +237,12 @@ class Outbox:
                 conn.execute(
                     "UPDATE meta SET value = value + ? WHERE key = 'refused'", (len(rows),)
                 )
-                raise OutboxFull(
+                full = (
                     f"outbox {self.path} is full ({stored} of {self.max_bytes} bytes): "
                     f"{len(rows)} event(s) refused; restore delivery or raise "
                     "OPENMETER_OUTBOX_MAX_BYTES"
                 )
+                rows = []
             added = 0
             for source, event_id, body, size in rows:
                 cursor = conn.execute(
@@ -231,6 +254,8 @@ class Outbox:
                     (source, event_id, body, size, now, source, event_id, source, event_id),
                 )
                 added += cursor.rowcount
+        if full is not None:
+            raise OutboxFull(full)
         self._remember((row[0], row[1]) for row in rows)
         return added
 
@@ -269,6 +294,16 @@ class Outbox:
         """Lease up to ``limit`` of the oldest unleased events to ``owner``."""
         now = time.time()
         with self._transaction() as conn:
+            owners = conn.execute(
+                "SELECT DISTINCT lease_owner FROM events WHERE lease_until > ?", (now,)
+            ).fetchall()
+            for (other,) in owners:
+                if other != owner and not _owner_alive(other):
+                    conn.execute(
+                        "UPDATE events SET lease_owner = NULL, lease_until = 0 "
+                        "WHERE lease_owner = ?",
+                        (other,),
+                    )
             rows = conn.execute(
                 "SELECT seq, source, id, body, attempts FROM events "
                 "WHERE lease_until <= ? ORDER BY seq LIMIT ?",

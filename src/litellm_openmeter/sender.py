@@ -181,15 +181,17 @@ class Sender:
             delay = backoff_delay(self._failures - 1, self.settings.retry_max_delay)
             if result.retry_after is not None:
                 delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
-            log.warning(
+            # The first failure of a streak is a warning; the rest would only repeat it.
+            log.log(
+                logging.WARNING if self._failures == 1 else logging.DEBUG,
                 "litellm-openmeter delivery failed, %d event(s) kept, retry in %.1fs: %s",
                 len(batch),
                 delay,
                 result.detail,
             )
             return delay
-        if self.paused_reason is not None:
-            log.warning("litellm-openmeter delivery resumed")
+        if self.paused_reason is not None or self._failures:
+            log.warning("litellm-openmeter delivery resumed after %d failure(s)", self._failures)
         self.paused_reason = None
         self._failures = 0
         return 0.0

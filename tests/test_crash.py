@@ -1,0 +1,83 @@
+"""Real processes: SIGKILL during an outage loses nothing; two processes sharing one
+outbox deliver every event exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import free_port
+from ingest_server import Answer, Recorded, RecordingServer
+
+WORKER = Path(__file__).with_name("worker_process.py")
+
+
+def start(outbox: Path, endpoint: str, calls: int, prefix: str, mode: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(outbox), endpoint, str(calls), prefix, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def read_line(process: subprocess.Popen[str], expected: str, timeout: float = 120) -> str:
+    assert process.stdout is not None
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    assert result, f"no line from the worker within {timeout}s"
+    assert result[0].startswith(expected), result[0]
+    return result[0].strip()
+
+
+def test_sigkill_during_outage_loses_nothing(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    port = free_port()
+    calls = 40
+    crashed = start(outbox, f"http://127.0.0.1:{port}", calls, "crash", "hang")
+    read_line(crashed, "STORED")
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait(30)
+    assert crashed.returncode == -signal.SIGKILL
+
+    server = RecordingServer(port_wanted=port)
+    try:
+        survivor = start(outbox, f"http://127.0.0.1:{port}", 0, "none", "deliver")
+        assert read_line(survivor, "DELIVERED") == "DELIVERED True"
+        survivor.wait(60)
+        posted = server.accepted_events()
+        assert len(posted) >= calls  # every id at least once...
+        assert len({(e["source"], e["id"]) for e in posted}) == calls  # ...exactly N after dedup
+        assert {e["subject"] for e in posted} == {f"crash-{i}" for i in range(5)}
+    finally:
+        server.stop()
+
+
+def test_two_processes_share_one_outbox_exactly_once(tmp_path: Path) -> None:
+    def slow(request: Recorded) -> Answer:
+        time.sleep(0.02)  # widen the window in which both senders claim batches
+        return 204, {}, b""
+
+    server = RecordingServer(respond=slow)
+    outbox = tmp_path / "shared.sqlite3"
+    try:
+        workers = [start(outbox, server.url, 150, name, "flush") for name in ("a", "b")]
+        for worker in workers:
+            read_line(worker, "STORED")
+        for worker in workers:
+            assert read_line(worker, "FLUSHED") == "FLUSHED True"
+            worker.wait(60)
+        posted = server.accepted_events()
+        ids = [e["id"] for e in posted]
+        assert len(ids) == 300 and len(set(ids)) == 300, "an event was sent twice"
+        assert {e["subject"][0] for e in posted} == {"a", "b"}
+    finally:
+        server.stop()
