@@ -1,0 +1,338 @@
+"""The OpenMeter-compatible HTTP API of the local server (Starlette)."""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..meters import MeterError, meter_from_json
+from .ingest import IngestError, parse_body
+from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
+from .windows import WINDOW_SIZES, zone
+
+log = logging.getLogger("litellm_openmeter.server")
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+_FILTER_PARAM = re.compile(r"^filterGroupBy\[(.+)\]$")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str = "",
+    extensions: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """An RFC 7807 problem+json response, as OpenMeter sends."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance or "about:blank",
+    }
+    if extensions:
+        body["extensions"] = extensions
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+class GuardMiddleware:
+    """Bearer-token check and one log line per request (never the token)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = [500]
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = int(message["status"])
+            await send(message)
+
+        try:
+            if self.expected is not None:
+                given = dict(scope.get("headers") or []).get(b"authorization", b"")
+                if not hmac.compare_digest(given, self.expected):
+                    response = problem(
+                        401, "Unauthorized", "missing or wrong bearer token", scope.get("path", "")
+                    )
+                    await response(scope, receive, send_logged)
+                    return
+            await self.app(scope, receive, send_logged)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            log.info(
+                '%s "%s %s" %d %.1fms',
+                client[0],
+                scope.get("method"),
+                scope.get("path"),
+                status_holder[0],
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(
+    store: Store, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+) -> ASGIApp:
+    """The ASGI application serving OpenMeter's events and meters API from ``store``."""
+
+    async def ingest(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return problem(
+                413,
+                "Payload Too Large",
+                f"request body is larger than {max_body} bytes",
+                request.url.path,
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return problem(
+                    413,
+                    "Payload Too Large",
+                    f"request body is larger than {max_body} bytes",
+                    request.url.path,
+                )
+            chunks.append(chunk)
+        try:
+            events = parse_body(request.headers.get("content-type"), b"".join(chunks))
+            store.ingest(events)
+        except IngestError as exc:
+            return problem(exc.status, "Bad Request", exc.detail, request.url.path)
+        return Response(status_code=204)
+
+    async def list_events(request: Request) -> Response:
+        params = request.query_params
+        try:
+            raw_limit = params.get("limit", "100")
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+                raise ValueError("limit: must be an integer between 1 and 100")
+            limit = int(raw_limit)
+            start = seconds(params.get("from"), "from")
+            if start is None:
+                start = int(time.time()) - 72 * 3600
+            items = await run_in_threadpool(
+                store.list_events,
+                limit=limit,
+                subject=params.get("subject"),
+                event_id=params.get("id"),
+                start=start,
+                end=seconds(params.get("to"), "to"),
+                ingested_from=seconds(params.get("ingestedAtFrom"), "ingestedAtFrom"),
+                ingested_to=seconds(params.get("ingestedAtTo"), "ingestedAtTo"),
+            )
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc), request.url.path)
+        return JSONResponse(items)
+
+    def find_meter(request: Request) -> StoredMeter | None:
+        key = request.path_params["meter"]
+        found = store.meters.get(key)
+        if found is None:
+            found = next((m for m in store.meters.values() if m.id == key), None)
+        return found
+
+    def not_found(request: Request) -> Response:
+        return problem(
+            404, "Not Found", f"meter {request.path_params['meter']!r} not found", request.url.path
+        )
+
+    async def list_meters(request: Request) -> Response:
+        meters = sorted(store.meters.values(), key=lambda m: m.meter.slug)
+        return JSONResponse([meter.to_json() for meter in meters])
+
+    async def create_meter(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            meter = meter_from_json(body)
+            stored = store.create_meter(meter)
+        except ValueError as exc:
+            if isinstance(exc, MeterExists):
+                return problem(409, "Conflict", str(exc), request.url.path)
+            detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
+            return problem(400, "Bad Request", detail, request.url.path)
+        return JSONResponse(stored.to_json(), status_code=201)
+
+    async def get_meter(request: Request) -> Response:
+        stored = find_meter(request)
+        return JSONResponse(stored.to_json()) if stored else not_found(request)
+
+    async def subjects(request: Request) -> Response:
+        stored = find_meter(request)
+        if stored is None:
+            return not_found(request)
+        try:
+            start = seconds(request.query_params.get("from"), "from")
+            end = seconds(request.query_params.get("to"), "to")
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc), request.url.path)
+        found = await run_in_threadpool(store.subjects, stored.meter.slug, start, end)
+        return JSONResponse(found)
+
+    async def query(request: Request) -> Response:
+        stored = find_meter(request)
+        if stored is None:
+            return not_found(request)
+        try:
+            if request.method == "POST":
+                body = json.loads(await request.body())
+                if not isinstance(body, dict):
+                    raise ValueError("the query body must be a JSON object")
+                parsed = _query_from_body(body, stored)
+            else:
+                parsed = _query_from_params(request, stored)
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc), request.url.path)
+        result = await run_in_threadpool(store.query, stored.meter.slug, parsed)
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(_csv(result, parsed), media_type="text/csv")
+        return JSONResponse(result)
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/events", ingest, methods=["POST"]),
+            Route("/api/v1/events", list_events, methods=["GET"]),
+            Route("/api/v1/meters", list_meters, methods=["GET"]),
+            Route("/api/v1/meters", create_meter, methods=["POST"]),
+            Route("/api/v1/meters/{meter}", get_meter, methods=["GET"]),
+            Route("/api/v1/meters/{meter}/query", query, methods=["GET", "POST"]),
+            Route("/api/v1/meters/{meter}/subjects", subjects, methods=["GET"]),
+        ]
+    )
+    return GuardMiddleware(app, token)
+
+
+def _check_query(query: Query, stored: StoredMeter) -> Query:
+    keys = set(stored.meter.group_by)
+    if query.window_size is not None and query.window_size not in WINDOW_SIZES:
+        raise ValueError(
+            f"windowSize {query.window_size!r} is invalid: use one of {', '.join(WINDOW_SIZES)}"
+        )
+    zone(query.time_zone)
+    for key in query.group_by:
+        if key != "subject" and key not in keys:
+            raise ValueError(
+                f"groupBy {key!r} is not a groupBy key of meter {stored.meter.slug} "
+                f"(known: subject, {', '.join(sorted(keys))})"
+            )
+    for key in query.filter_group_by:
+        if key not in keys:
+            raise ValueError(
+                f"filterGroupBy {key!r} is not a groupBy key of meter {stored.meter.slug}"
+            )
+    if len(query.subjects) > 100:
+        raise ValueError("subject: at most 100 subjects")
+    if query.start is not None and query.end is not None and query.start > query.end:
+        raise ValueError("from must not be after to")
+    query.group_by = unique(query.group_by)
+    return query
+
+
+def _query_from_params(request: Request, stored: StoredMeter) -> Query:
+    params = request.query_params
+    filters: dict[str, list[str]] = {}
+    for name, value in params.multi_items():
+        match = _FILTER_PARAM.match(name)
+        if match:
+            filters.setdefault(match.group(1), []).append(value)
+    return _check_query(
+        Query(
+            start=seconds(params.get("from"), "from"),
+            end=seconds(params.get("to"), "to"),
+            window_size=params.get("windowSize") or None,
+            time_zone=params.get("windowTimeZone") or "UTC",
+            subjects=params.getlist("subject"),
+            group_by=params.getlist("groupBy"),
+            filter_group_by=filters,
+        ),
+        stored,
+    )
+
+
+def _strings(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{name}: must be an array of strings")
+    return list(value)
+
+
+def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
+    filters_raw = body.get("filterGroupBy") or {}
+    if not isinstance(filters_raw, dict):
+        raise ValueError("filterGroupBy: must be an object of key -> array of strings")
+    if body.get("advancedMeterGroupByFilters"):
+        raise ValueError(
+            "advancedMeterGroupByFilters is not supported by the local server; use filterGroupBy"
+        )
+    if body.get("filterCustomerId"):
+        raise ValueError("filterCustomerId is not supported by the local server (no customers)")
+    window = body.get("windowSize")
+    zone_name = body.get("windowTimeZone") or "UTC"
+    for name, value in (
+        ("windowSize", window),
+        ("windowTimeZone", zone_name),
+        ("from", body.get("from")),
+        ("to", body.get("to")),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name}: must be a string")
+    return _check_query(
+        Query(
+            start=seconds(body.get("from"), "from"),
+            end=seconds(body.get("to"), "to"),
+            window_size=window or None,
+            time_zone=zone_name,
+            subjects=_strings(body.get("subject"), "subject"),
+            group_by=_strings(body.get("groupBy"), "groupBy"),
+            filter_group_by={
+                str(k): _strings(v, f"filterGroupBy.{k}") for k, v in filters_raw.items()
+            },
+        ),
+        stored,
+    )
+
+
+def _csv(result: dict[str, Any], query: Query) -> str:
+    keys = [key for key in query.group_by if key != "subject"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["window_start", "window_end", "subject", *keys, "value"])
+    for row in result["data"]:
+        writer.writerow(
+            [
+                row["windowStart"],
+                row["windowEnd"],
+                row["subject"] or "",
+                *[row["groupBy"].get(key) or "" for key in keys],
+                row["value"],
+            ]
+        )
+    return out.getvalue()

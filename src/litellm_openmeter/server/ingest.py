@@ -1,0 +1,116 @@
+"""Ingest rules of OpenMeter's v1 events endpoint: content types, body shapes, event
+validation. Pure functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+CONTENT_TYPES = (
+    "application/cloudevents+json",
+    "application/cloudevents-batch+json",
+    "application/json",
+)
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+
+
+class IngestError(ValueError):
+    """A request OpenMeter would refuse; ``status`` is its HTTP status."""
+
+    def __init__(self, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ValidEvent:
+    """An event that passed validation, with its parsed time in whole seconds."""
+
+    body: dict[str, Any]
+    time: int
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 date-time (offset required; any fraction length)."""
+    match = _RFC3339.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 date-time")
+    date, clock, fraction, offset = match.groups()
+    micro = (fraction or ".0")[1:7].ljust(6, "0")
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    return datetime.fromisoformat(f"{date}T{clock}.{micro}{offset}")
+
+
+def format_rfc3339(moment: float | datetime) -> str:
+    """UTC RFC 3339 with a Z suffix (whole seconds unless the value has a fraction)."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+    moment = moment.astimezone(timezone.utc)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_body(content_type: str | None, raw: bytes) -> list[Any]:
+    """The events of a request body, by OpenMeter's v1 content-type rules."""
+    # OpenMeter's v1 handler compares the header as a plain string: a charset
+    # parameter is an error there, and so it is here.
+    if content_type not in CONTENT_TYPES:
+        raise IngestError(
+            f"invalid content type: {content_type!r}; use one of {', '.join(CONTENT_TYPES)} "
+            "(without parameters)"
+        )
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(f"malformed JSON body: {exc}") from None
+    if content_type == "application/cloudevents+json":
+        if not isinstance(parsed, dict):
+            raise IngestError("application/cloudevents+json body must be one event (a JSON object)")
+        return [parsed]
+    if content_type == "application/cloudevents-batch+json":
+        if not isinstance(parsed, list):
+            raise IngestError("application/cloudevents-batch+json body must be a JSON array")
+        return parsed
+    if isinstance(parsed, dict):
+        return [parsed]
+    if isinstance(parsed, list):
+        return parsed
+    raise IngestError("application/json body must be an event object or an array of events")
+
+
+def validate_event(event: object, now: float) -> ValidEvent:
+    """Check one event as OpenMeter does; raises :class:`IngestError` naming the field."""
+    if not isinstance(event, dict):
+        raise IngestError("event must be a JSON object")
+    for name in ("id", "source", "specversion", "type", "subject"):
+        value = event.get(name)
+        if not isinstance(value, str) or not value:
+            raise IngestError(f"{name}: required, must be a non-empty string")
+    if event["specversion"] != "1.0":
+        raise IngestError(f'specversion: {event["specversion"]!r} is not supported, use "1.0"')
+    content_type = event.get("datacontenttype")
+    if content_type is not None and content_type != "application/json":
+        raise IngestError("datacontenttype: only application/json is allowed")
+    data = event.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise IngestError("data: must be a JSON object or null")
+    raw_time = event.get("time")
+    if raw_time is None:
+        moment = int(now)
+    else:
+        try:
+            moment = int(parse_rfc3339(raw_time).timestamp() // 1)
+        except (ValueError, TypeError):
+            raise IngestError(f"time: {raw_time!r} is not an RFC 3339 date-time") from None
+    body = {
+        key: event[key]
+        for key in ("id", "source", "specversion", "type", "subject", "datacontenttype", "data")
+        if key in event
+    }
+    body["time"] = format_rfc3339(moment)
+    return ValidEvent(body=body, time=moment)
