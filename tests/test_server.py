@@ -1,0 +1,591 @@
+"""Conformance of the local server with OpenMeter's ingest and meter API, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from litellm_openmeter.meters import Meter
+from litellm_openmeter.server import BackgroundServer, open_store
+
+from conftest import wait_for
+
+CE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+
+
+def event(event_id: str, subject: str = "alice", **data: Any) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "type": "litellm_tokens",
+        "id": event_id,
+        "source": "test",
+        "subject": subject,
+        "time": "2026-11-20T10:15:30.750Z",
+        "data": {
+            "model": "gpt-4o",
+            "cost": 0.25,
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+            "cache_read_tokens": 2,
+            "cache_creation_tokens": 0,
+            "reasoning_tokens": 1,
+            **data,
+        },
+    }
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., BackgroundServer]]:
+    started: list[BackgroundServer] = []
+
+    def start(meters: list[Meter] | None = None, **options: Any) -> BackgroundServer:
+        server = BackgroundServer(open_store(tmp_path / "server.sqlite3", meters), **options)
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def client(start_server: Callable[..., BackgroundServer]) -> Iterator[httpx.Client]:
+    server = start_server()
+    with httpx.Client(base_url=server.url) as http:
+        yield http
+
+
+def post(http: httpx.Client, body: Any, content_type: str = CE) -> httpx.Response:
+    return http.post(
+        "/api/v1/events", content=json.dumps(body), headers={"content-type": content_type}
+    )
+
+
+def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail", "instance"} <= set(body)
+    assert body["status"] == status
+    for word in words:
+        assert word in body["detail"], body["detail"]
+    return body
+
+
+def stored(http: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    params.setdefault("from", "2026-01-01T00:00:00Z")
+    response = http.get("/api/v1/events", params=params)
+    assert response.status_code == 200
+    items: list[dict[str, Any]] = response.json()
+    return items
+
+
+def query(http: httpx.Client, slug: str, **params: Any) -> list[dict[str, Any]]:
+    response = http.get(f"/api/v1/meters/{slug}/query", params=params)
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, Any]] = response.json()["data"]
+    return rows
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (CE, event("e1")),
+        (BATCH, [event("e1"), event("e2")]),
+        ("application/json", event("e1")),
+        ("application/json", [event("e1"), event("e2")]),
+    ],
+)
+def test_accepted_content_types(client: httpx.Client, content_type: str, body: Any) -> None:
+    response = post(client, body, content_type)
+    assert response.status_code == 204 and response.content == b""
+    assert {item["event"]["id"] for item in stored(client)} == (
+        {"e1", "e2"} if isinstance(body, list) else {"e1"}
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/cloudevents+json; charset=utf-8",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "application/cloudevents-batch+json;charset=UTF-8",
+    ],
+)
+def test_other_content_types_are_400(client: httpx.Client, content_type: str) -> None:
+    assert_problem(post(client, event("e1"), content_type), 400, "invalid content type")
+    assert stored(client) == []
+
+
+def test_wrong_body_shape_for_the_content_type(client: httpx.Client) -> None:
+    assert_problem(post(client, [event("e1")], CE), 400, "one event")
+    assert_problem(post(client, event("e1"), BATCH), 400, "array")
+    assert_problem(post(client, "text", "application/json"), 400)
+
+
+def test_malformed_json_is_400(client: httpx.Client) -> None:
+    response = client.post("/api/v1/events", content=b'{"id": ', headers={"content-type": CE})
+    assert_problem(response, 400, "malformed JSON")
+
+
+@pytest.mark.parametrize("field", ["id", "source", "specversion", "type", "subject"])
+@pytest.mark.parametrize("value", [None, "", 7])
+def test_required_fields(client: httpx.Client, field: str, value: Any) -> None:
+    body = event("e1")
+    if value is None:
+        del body[field]
+    else:
+        body[field] = value
+    assert_problem(post(client, body), 400, field)
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"specversion": "0.3"}, "specversion"),
+        ({"time": "yesterday"}, "time"),
+        ({"time": "2026-11-20T10:15:30"}, "time"),
+        ({"data": [1, 2]}, "data"),
+        ({"data": "text"}, "data"),
+        ({"datacontenttype": "text/plain"}, "datacontenttype"),
+    ],
+)
+def test_invalid_fields(client: httpx.Client, change: dict[str, Any], word: str) -> None:
+    assert_problem(post(client, {**event("e1"), **change}), 400, word)
+
+
+def test_optional_fields(client: httpx.Client) -> None:
+    no_time = event("e-now")
+    del no_time["time"]
+    before = time.time()
+    assert post(client, no_time).status_code == 204
+    assert post(client, {**event("e-null"), "data": None}).status_code == 204
+    assert post(client, {**event("e-ct"), "datacontenttype": "application/json"}).status_code == 204
+    assert (
+        post(client, {**event("e-nano"), "time": "2026-11-20T10:15:30.123456789+02:00"}).status_code
+        == 204
+    )
+    items = {
+        item["event"]["id"]: item for item in stored(client, **{"from": "2020-01-01T00:00:00Z"})
+    }
+    now_time = items["e-now"]["event"]["time"]
+    assert (
+        abs(time.mktime(time.strptime(now_time, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone - before) < 5
+    )
+    assert items["e-nano"]["event"]["time"] == "2026-11-20T08:15:30Z"  # whole seconds, UTC
+
+
+def test_dedup_by_source_and_id(client: httpx.Client) -> None:
+    assert post(client, event("same")).status_code == 204
+    assert post(client, event("same", subject="someone-else")).status_code == 204
+    assert post(client, {**event("same"), "source": "other"}).status_code == 204
+    items = stored(client)
+    assert len(items) == 2
+    assert {(i["event"]["source"], i["event"]["subject"]) for i in items} == {
+        ("test", "alice"),
+        ("other", "alice"),
+    }
+    assert query(client, "litellm_tokens_calls")[0]["value"] == 2
+
+
+def test_batch_is_not_a_transaction(client: httpx.Client) -> None:
+    bad = {**event("e3"), "subject": ""}
+    body = assert_problem(
+        post(client, [event("e1"), event("e2"), bad, event("e4")], BATCH),
+        400,
+        "event 2",
+        "'e3'",
+        "subject",
+    )
+    assert body["title"] == "Bad Request"
+    assert {item["event"]["id"] for item in stored(client)} == {"e1", "e2"}
+
+
+def test_body_size_limit(start_server: Callable[..., BackgroundServer]) -> None:
+    server = start_server(max_body=2000)
+    with httpx.Client(base_url=server.url) as http:
+        big = [event(f"e{i}") for i in range(20)]
+        assert_problem(post(http, big, BATCH), 413, "2000")
+        assert post(http, event("small")).status_code == 204
+
+
+def test_default_limit_is_4_mib(client: httpx.Client) -> None:
+    padding = "x" * (4 * 1024 * 1024)
+    assert_problem(post(client, event("huge", padding=padding)), 413)
+
+
+def test_token_required_and_never_logged(
+    start_server: Callable[..., BackgroundServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server(token="s3cret-token")
+    with (
+        caplog.at_level(logging.INFO, logger="litellm_openmeter.server"),
+        httpx.Client(base_url=server.url) as http,
+    ):
+        assert_problem(post(http, event("e1")), 401, "token")
+        wrong = http.get("/api/v1/meters", headers={"authorization": "Bearer nope"})
+        assert_problem(wrong, 401)
+        good = http.post(
+            "/api/v1/events",
+            content=json.dumps(event("e1")),
+            headers={"content-type": CE, "authorization": "Bearer s3cret-token"},
+        )
+        assert good.status_code == 204
+
+        def lines() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "litellm_openmeter.server" and "/api/v1/" in r.getMessage()
+            ]
+
+        wait_for(lambda: len(lines()) >= 3, what="three request log lines")
+    assert len(lines()) == 3
+    assert any('"POST /api/v1/events" 204' in line for line in lines())
+    assert "s3cret-token" not in caplog.text
+
+
+# -- events listing -----------------------------------------------------------------------
+
+
+def test_list_events_filters_and_validation_errors(client: httpx.Client) -> None:
+    post(
+        client,
+        [
+            event("a1", "alice"),
+            event("b1", "bob"),
+            {**event("c1", "carol"), "data": {"model": "gpt-4o", "cost": "n/a"}},
+        ],
+        BATCH,
+    )
+    items = stored(client)
+    assert len(items) == 3
+    for item in items:
+        assert item["ingestedAt"].endswith("Z") and "storedAt" in item
+    by_id = {item["event"]["id"]: item for item in items}
+    assert "validationError" not in by_id["a1"]
+    error = by_id["c1"]["validationError"]
+    assert "$.cost is not a number" in error and "$.prompt_tokens is missing" in error
+    assert [i["event"]["id"] for i in stored(client, subject="bo")] == ["b1"]
+    assert len(stored(client, limit=2)) == 2
+    assert stored(client, **{"from": "2026-11-21T00:00:00Z"}) == []
+    assert_problem(client.get("/api/v1/events", params={"limit": 0}), 400, "limit")
+    assert_problem(client.get("/api/v1/events", params={"from": "soon"}), 400, "from")
+
+
+# -- meters -------------------------------------------------------------------------------
+
+
+def test_default_meters_cover_both_shapes(client: httpx.Client) -> None:
+    meters = {m["slug"]: m for m in client.get("/api/v1/meters").json()}
+    assert meters["tokens_total"]["eventType"] == "prompt"
+    assert meters["tokens_total"]["valueProperty"] == "$.tokens"
+    assert {"model", "type"} <= set(meters["tokens_total"]["groupBy"])
+    for slug in (
+        "litellm_tokens_prompt_tokens",
+        "litellm_tokens_cost",
+        "litellm_tokens_calls",
+        "litellm_tokens_cache_read_tokens",
+        "litellm_tokens_reasoning_tokens",
+        "prompt_cost",
+        "prompt_calls",
+    ):
+        assert slug in meters
+    meter = meters["litellm_tokens_cost"]
+    assert {"id", "slug", "name", "aggregation", "eventType", "createdAt", "updatedAt"} <= set(
+        meter
+    )
+    assert client.get(f"/api/v1/meters/{meter['id']}").json()["slug"] == "litellm_tokens_cost"
+    assert client.get("/api/v1/meters/litellm_tokens_cost").json()["id"] == meter["id"]
+    assert_problem(client.get("/api/v1/meters/nope"), 404, "nope")
+
+
+def test_create_meter_backfills(client: httpx.Client) -> None:
+    post(client, [event("e1", reasoning_tokens=4), event("e2", "bob", reasoning_tokens=6)], BATCH)
+    response = client.post(
+        "/api/v1/meters",
+        json={
+            "slug": "max_reasoning",
+            "aggregation": "MAX",
+            "eventType": "litellm_tokens",
+            "valueProperty": "$.reasoning_tokens",
+            "groupBy": {"model": "$.model"},
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["slug"] == "max_reasoning"
+    assert query(client, "max_reasoning")[0]["value"] == 6
+    post(client, event("e3", reasoning_tokens=9))
+    assert query(client, "max_reasoning")[0]["value"] == 9
+    assert_problem(
+        client.post(
+            "/api/v1/meters",
+            json={"slug": "max_reasoning", "aggregation": "COUNT", "eventType": "x"},
+        ),
+        409,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        (
+            {"slug": "Bad-Slug", "aggregation": "SUM", "eventType": "t", "valueProperty": "$.v"},
+            "slug",
+        ),
+        ({"slug": "a__b", "aggregation": "SUM", "eventType": "t", "valueProperty": "$.v"}, "slug"),
+        (
+            {"slug": "x" * 65, "aggregation": "SUM", "eventType": "t", "valueProperty": "$.v"},
+            "slug",
+        ),
+        (
+            {"slug": "ok", "aggregation": "MEDIAN", "eventType": "t", "valueProperty": "$.v"},
+            "aggregation",
+        ),
+        (
+            {"slug": "ok", "aggregation": "SUM", "eventType": "", "valueProperty": "$.v"},
+            "eventType",
+        ),
+        ({"slug": "ok", "aggregation": "SUM", "eventType": "t"}, "valueProperty is required"),
+        (
+            {"slug": "ok", "aggregation": "COUNT", "eventType": "t", "valueProperty": "$.v"},
+            "not allowed",
+        ),
+        ({"slug": "ok", "aggregation": "SUM", "eventType": "t", "valueProperty": "v"}, "'$'"),
+        (
+            {
+                "slug": "ok",
+                "aggregation": "SUM",
+                "eventType": "t",
+                "valueProperty": "$.v",
+                "groupBy": {"bad-key": "$.m"},
+            },
+            "groupBy key",
+        ),
+        (
+            {
+                "slug": "ok",
+                "aggregation": "SUM",
+                "eventType": "t",
+                "valueProperty": "$.v",
+                "groupBy": {"m": "model"},
+            },
+            "groupBy.m",
+        ),
+        (
+            {
+                "slug": "ok",
+                "aggregation": "SUM",
+                "eventType": "t",
+                "valueProperty": "$.v",
+                "groupBy": {"subject": "$.s"},
+            },
+            "reserved",
+        ),
+    ],
+)
+def test_meter_validation(client: httpx.Client, body: dict[str, Any], word: str) -> None:
+    assert_problem(client.post("/api/v1/meters", json=body), 400, word)
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+def at(event_id: str, when: str, subject: str = "alice", **data: Any) -> dict[str, Any]:
+    return {**event(event_id, subject, **data), "time": when}
+
+
+def test_query_windows_groups_and_filters(client: httpx.Client) -> None:
+    post(
+        client,
+        [
+            at("1", "2026-11-20T10:00:00Z", prompt_tokens=10, model="gpt-4o"),
+            at("2", "2026-11-20T10:00:59Z", prompt_tokens=20, model="gpt-4o-mini"),
+            at("3", "2026-11-20T11:30:00Z", "bob", prompt_tokens=5, model="gpt-4o"),
+            at("4", "2026-11-21T23:30:00Z", prompt_tokens=7, model="gpt-4o"),
+            at("5", "2026-12-02T00:00:00Z", "bob", prompt_tokens=1, model="gpt-4o"),
+        ],
+        BATCH,
+    )
+    slug = "litellm_tokens_prompt_tokens"
+    [total] = query(client, slug)
+    assert total["value"] == 43 and total["subject"] is None and total["groupBy"] == {}
+    assert total["windowStart"] == "2026-11-20T10:00:00Z"
+    minute = query(client, slug, windowSize="MINUTE")
+    assert [(r["windowStart"], r["windowEnd"], r["value"]) for r in minute][:2] == [
+        ("2026-11-20T10:00:00Z", "2026-11-20T10:01:00Z", 30.0),
+        ("2026-11-20T11:30:00Z", "2026-11-20T11:31:00Z", 5.0),
+    ]
+    hours = query(
+        client,
+        slug,
+        windowSize="HOUR",
+        **{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"},
+    )
+    assert [(r["windowStart"], r["value"]) for r in hours] == [
+        ("2026-11-20T10:00:00Z", 30.0),
+        ("2026-11-20T11:00:00Z", 5.0),
+    ]
+    days = query(client, slug, windowSize="DAY", groupBy=["subject", "model"])
+    assert {
+        (r["windowStart"][:10], r["subject"], r["groupBy"]["model"], r["value"]) for r in days
+    } == {
+        ("2026-11-20", "alice", "gpt-4o", 10.0),
+        ("2026-11-20", "alice", "gpt-4o-mini", 20.0),
+        ("2026-11-20", "bob", "gpt-4o", 5.0),
+        ("2026-11-21", "alice", "gpt-4o", 7.0),
+        ("2026-12-02", "bob", "gpt-4o", 1.0),
+    }
+    months = query(client, slug, windowSize="MONTH")
+    assert [(r["windowStart"], r["windowEnd"], r["value"]) for r in months] == [
+        ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z", 42.0),
+        ("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z", 1.0),
+    ]
+    # 23:30 UTC on the 21st is the 22nd in Berlin, whose day starts at 23:00 UTC.
+    berlin = query(client, slug, windowSize="DAY", windowTimeZone="Europe/Berlin")
+    assert ("2026-11-21T23:00:00Z", "2026-11-22T23:00:00Z", 7.0) in [
+        (r["windowStart"], r["windowEnd"], r["value"]) for r in berlin
+    ]
+    only_bob = query(client, slug, subject="bob")
+    assert [(r["subject"], r["value"]) for r in only_bob] == [("bob", 6.0)]
+    two = query(client, slug, subject=["bob", "alice"], groupBy="model")
+    assert {(r["subject"], r["groupBy"]["model"]) for r in two} == {
+        ("alice", "gpt-4o"),
+        ("alice", "gpt-4o-mini"),
+        ("bob", "gpt-4o"),
+    }
+    mini = query(client, slug, **{"filterGroupBy[model]": "gpt-4o-mini"})
+    assert [r["value"] for r in mini] == [20.0]
+    posted = client.post(
+        f"/api/v1/meters/{slug}/query",
+        json={
+            "windowSize": "DAY",
+            "groupBy": ["subject"],
+            "filterGroupBy": {"model": ["gpt-4o"]},
+            "from": "2026-11-20T00:00:00Z",
+            "to": "2026-11-21T00:00:00Z",
+        },
+    )
+    assert posted.status_code == 200
+    result = posted.json()
+    assert result["windowSize"] == "DAY" and result["from"] == "2026-11-20T00:00:00Z"
+    assert {(r["subject"], r["value"]) for r in result["data"]} == {("alice", 10.0), ("bob", 5.0)}
+    assert [r["value"] for r in query(client, slug, **{"to": "2026-11-20T10:00:59Z"})] == [10.0]
+
+
+def test_aggregations(client: httpx.Client) -> None:
+    client.post(
+        "/api/v1/meters",
+        json={"slug": "m_sum", "aggregation": "SUM", "eventType": "v", "valueProperty": "$.v"},
+    )
+    for aggregation in ("AVG", "MIN", "MAX", "LATEST", "UNIQUE_COUNT"):
+        response = client.post(
+            "/api/v1/meters",
+            json={
+                "slug": f"m_{aggregation.lower()}",
+                "aggregation": aggregation,
+                "eventType": "v",
+                "valueProperty": "$.u" if aggregation == "UNIQUE_COUNT" else "$.v",
+            },
+        )
+        assert response.status_code == 201
+    client.post(
+        "/api/v1/meters", json={"slug": "m_count", "aggregation": "COUNT", "eventType": "v"}
+    )
+    rows = [
+        ("1", "2026-11-20T10:00:00.900Z", {"v": 4, "u": "a"}),
+        ("2", "2026-11-20T10:00:03Z", {"v": "6.5", "u": "b"}),  # numeric string counts
+        ("3", "2026-11-20T10:00:01Z", {"v": None, "u": "a"}),  # null is not counted
+        ("4", "2026-11-20T10:00:02Z", {"v": 1, "u": 5}),
+        ("5", "2026-11-20T10:00:03Z", {"u": "c"}),  # missing value
+    ]
+    post(client, [{**event(i, "s"), "type": "v", "time": t, "data": d} for i, t, d in rows], BATCH)
+    value = {
+        slug: query(client, f"m_{slug}")[0]["value"]
+        for slug in ("sum", "avg", "min", "max", "latest", "unique_count", "count")
+    }
+    assert value == {
+        "sum": 11.5,
+        "avg": pytest.approx(11.5 / 3),
+        "min": 1.0,
+        "max": 6.5,
+        "latest": 6.5,
+        "unique_count": 4.0,
+        "count": 5.0,
+    }
+    errors = {i["event"]["id"]: i.get("validationError", "") for i in stored(client)}
+    assert "$.v is null" in errors["3"] and "$.v is missing" in errors["5"]
+
+
+def test_query_validation(client: httpx.Client) -> None:
+    slug = "litellm_tokens_cost"
+    assert_problem(
+        client.get(f"/api/v1/meters/{slug}/query", params={"windowSize": "WEEK"}), 400, "windowSize"
+    )
+    assert_problem(
+        client.get(f"/api/v1/meters/{slug}/query", params={"windowTimeZone": "Mars/Base"}),
+        400,
+        "windowTimeZone",
+    )
+    assert_problem(
+        client.get(f"/api/v1/meters/{slug}/query", params={"groupBy": "colour"}), 400, "colour"
+    )
+    assert_problem(client.get(f"/api/v1/meters/{slug}/query", params={"from": "nope"}), 400, "from")
+    assert_problem(
+        client.get(
+            f"/api/v1/meters/{slug}/query",
+            params={"from": "2026-11-21T00:00:00Z", "to": "2026-11-20T00:00:00Z"},
+        ),
+        400,
+        "after",
+    )
+    assert_problem(client.get("/api/v1/meters/nope/query"), 404)
+    assert_problem(
+        client.post(f"/api/v1/meters/{slug}/query", json={"groupBy": "model"}), 400, "groupBy"
+    )
+
+
+def test_csv_and_subjects(client: httpx.Client) -> None:
+    post(client, [event("1", "alice"), event("2", "bob", model="gpt-4o-mini")], BATCH)
+    response = client.get(
+        "/api/v1/meters/litellm_tokens_cost/query",
+        params={"groupBy": ["subject", "model"]},
+        headers={"accept": "text/csv"},
+    )
+    assert response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert lines[0] == "window_start,window_end,subject,model,value"
+    assert sorted(line.split(",")[2:] for line in lines[1:]) == [
+        ["alice", "gpt-4o", "0.25"],
+        ["bob", "gpt-4o-mini", "0.25"],
+    ]
+    assert client.get("/api/v1/meters/litellm_tokens_cost/subjects").json() == ["alice", "bob"]
+
+
+def test_data_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "keep.sqlite3"
+    with BackgroundServer(open_store(db)) as first, httpx.Client(base_url=first.url) as http:
+        assert post(http, event("kept")).status_code == 204
+        http.post(
+            "/api/v1/meters",
+            json={"slug": "extra", "aggregation": "COUNT", "eventType": "litellm_tokens"},
+        )
+    with BackgroundServer(open_store(db)) as second, httpx.Client(base_url=second.url) as http:
+        assert [i["event"]["id"] for i in stored(http)] == ["kept"]
+        assert query(http, "litellm_tokens_prompt_tokens")[0]["value"] == 10
+        assert query(http, "extra")[0]["value"] == 1
+        assert post(http, event("kept")).status_code == 204  # still deduplicated
+        assert len(stored(http)) == 1
