@@ -8,12 +8,15 @@ import io
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -35,23 +38,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    instance: str = "",
-    extensions: dict[str, Any] | None = None,
-) -> JSONResponse:
+def problem(status: int, title: str, detail: str) -> JSONResponse:
     """An RFC 7807 problem+json response, as OpenMeter sends."""
+    # Like OpenMeter's, ``instance`` is a URI naming this occurrence (a request id).
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": instance or "about:blank",
+        "instance": f"urn:request:litellm-openmeter/{secrets.token_hex(8)}",
     }
-    if extensions:
-        body["extensions"] = extensions
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
@@ -78,9 +74,7 @@ class GuardMiddleware:
             if self.expected is not None:
                 given = dict(scope.get("headers") or []).get(b"authorization", b"")
                 if not hmac.compare_digest(given, self.expected):
-                    response = problem(
-                        401, "Unauthorized", "missing or wrong bearer token", scope.get("path", "")
-                    )
+                    response = problem(401, "Unauthorized", "missing or wrong bearer token")
                     await response(scope, receive, send_logged)
                     return
             await self.app(scope, receive, send_logged)
@@ -105,27 +99,21 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return problem(
-                413,
-                "Payload Too Large",
-                f"request body is larger than {max_body} bytes",
-                request.url.path,
+                413, "Payload Too Large", f"request body is larger than {max_body} bytes"
             )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body:
                 return problem(
-                    413,
-                    "Payload Too Large",
-                    f"request body is larger than {max_body} bytes",
-                    request.url.path,
+                    413, "Payload Too Large", f"request body is larger than {max_body} bytes"
                 )
             chunks.append(chunk)
         try:
             events = parse_body(request.headers.get("content-type"), b"".join(chunks))
             store.ingest(events)
         except IngestError as exc:
-            return problem(exc.status, "Bad Request", exc.detail, request.url.path)
+            return problem(exc.status, "Bad Request", exc.detail)
         return Response(status_code=204)
 
     async def list_events(request: Request) -> Response:
@@ -149,7 +137,7 @@ def create_app(
                 ingested_to=seconds(params.get("ingestedAtTo"), "ingestedAtTo"),
             )
         except ValueError as exc:
-            return problem(400, "Bad Request", str(exc), request.url.path)
+            return problem(400, "Bad Request", str(exc))
         return JSONResponse(items)
 
     def find_meter(request: Request) -> StoredMeter | None:
@@ -160,9 +148,7 @@ def create_app(
         return found
 
     def not_found(request: Request) -> Response:
-        return problem(
-            404, "Not Found", f"meter {request.path_params['meter']!r} not found", request.url.path
-        )
+        return problem(404, "Not Found", f"meter {request.path_params['meter']!r} not found")
 
     async def list_meters(request: Request) -> Response:
         meters = sorted(store.meters.values(), key=lambda m: m.meter.slug)
@@ -175,9 +161,9 @@ def create_app(
             stored = store.create_meter(meter)
         except ValueError as exc:
             if isinstance(exc, MeterExists):
-                return problem(409, "Conflict", str(exc), request.url.path)
+                return problem(409, "Conflict", str(exc))
             detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
-            return problem(400, "Bad Request", detail, request.url.path)
+            return problem(400, "Bad Request", detail)
         return JSONResponse(stored.to_json(), status_code=201)
 
     async def get_meter(request: Request) -> Response:
@@ -192,7 +178,7 @@ def create_app(
             start = seconds(request.query_params.get("from"), "from")
             end = seconds(request.query_params.get("to"), "to")
         except ValueError as exc:
-            return problem(400, "Bad Request", str(exc), request.url.path)
+            return problem(400, "Bad Request", str(exc))
         found = await run_in_threadpool(store.subjects, stored.meter.slug, start, end)
         return JSONResponse(found)
 
@@ -209,13 +195,21 @@ def create_app(
             else:
                 parsed = _query_from_params(request, stored)
         except ValueError as exc:
-            return problem(400, "Bad Request", str(exc), request.url.path)
+            return problem(400, "Bad Request", str(exc))
         result = await run_in_threadpool(store.query, stored.meter.slug, parsed)
         if "text/csv" in request.headers.get("accept", ""):
             return Response(_csv(result, parsed), media_type="text/csv")
         return JSONResponse(result)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        if status == 405:
+            detail = f"{request.method} {request.url.path} is not supported by the local server"
+        return problem(status, HTTPStatus(status).phrase, str(detail))
+
     app = Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/api/v1/events", ingest, methods=["POST"]),
             Route("/api/v1/events", list_events, methods=["GET"]),
@@ -224,7 +218,7 @@ def create_app(
             Route("/api/v1/meters/{meter}", get_meter, methods=["GET"]),
             Route("/api/v1/meters/{meter}/query", query, methods=["GET", "POST"]),
             Route("/api/v1/meters/{meter}/subjects", subjects, methods=["GET"]),
-        ]
+        ],
     )
     return GuardMiddleware(app, token)
 

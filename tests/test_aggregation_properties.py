@@ -1,0 +1,191 @@
+"""Property tests: the local server's meter queries against a plain-Python reference."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from litellm_openmeter.meters import AGGREGATIONS, Meter
+from litellm_openmeter.server.ingest import format_rfc3339
+from litellm_openmeter.server.store import Query, Store
+
+BASE = int(datetime(2026, 3, 28, tzinfo=timezone.utc).timestamp())  # spans a DST change
+SPAN = 9 * 86400
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Adelaide"]
+
+values = st.one_of(
+    st.integers(-1000, 1000),
+    st.floats(-1000, 1000, allow_nan=False, allow_infinity=False).map(lambda v: round(v, 3)),
+    st.integers(0, 500).map(str),
+    st.none(),
+    st.just("not-a-number"),
+    st.just(True),
+)
+events = st.lists(
+    st.fixed_dictionaries(
+        {
+            "time": st.integers(BASE, BASE + SPAN),
+            "subject": st.sampled_from(["a", "b", "c"]),
+            "model": st.sampled_from(["m1", "m2", None]),
+            "value": values,
+            "has_value": st.booleans(),
+        }
+    ),
+    max_size=40,
+)
+queries = st.fixed_dictionaries(
+    {
+        "aggregation": st.sampled_from(AGGREGATIONS),
+        "window": st.sampled_from([None, "MINUTE", "HOUR", "DAY", "MONTH"]),
+        "zone": st.sampled_from(ZONES),
+        "group_subject": st.booleans(),
+        "group_model": st.booleans(),
+        "start": st.one_of(st.none(), st.integers(BASE - 3600, BASE + SPAN)),
+        "length": st.one_of(st.none(), st.integers(0, SPAN)),
+        "subjects": st.lists(st.sampled_from(["a", "b", "c"]), max_size=2, unique=True),
+    }
+)
+
+
+def reference_value(aggregation: str, raw: Any, present: bool) -> tuple[bool, Any]:
+    """Whether an event counts for a meter, and the value it contributes."""
+    if aggregation == "COUNT":
+        return True, 1.0
+    if not present or raw is None:
+        return False, None
+    if aggregation == "UNIQUE_COUNT":
+        if isinstance(raw, bool):
+            return False, None
+        if isinstance(raw, (int, float)):
+            return True, str(int(raw)) if float(raw).is_integer() else repr(float(raw))
+        return True, raw
+    if isinstance(raw, bool):
+        return False, None
+    try:
+        return True, float(raw)
+    except ValueError:
+        return False, None
+
+
+def local_window(moment: int, size: str, zone: ZoneInfo) -> tuple[str, str]:
+    local = datetime.fromtimestamp(moment, tz=timezone.utc).astimezone(zone).replace(tzinfo=None)
+    if size == "MONTH":
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    else:
+        unit = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}[size]
+        seconds = int((local - datetime(1970, 1, 1)).total_seconds()) // unit * unit
+        start = datetime(1970, 1, 1) + timedelta(seconds=seconds)
+        end = start + timedelta(seconds=unit)
+
+    def utc(naive: datetime) -> str:
+        return format_rfc3339(naive.replace(tzinfo=zone).astimezone(timezone.utc))
+
+    return utc(start), utc(end)
+
+
+def reference(
+    rows: list[dict[str, Any]], spec: dict[str, Any], query: Query
+) -> set[tuple[Any, ...]]:
+    zone = ZoneInfo(spec["zone"])
+    by_subject = spec["group_subject"] or bool(spec["subjects"])
+    buckets: dict[tuple[Any, ...], list[tuple[int, int, Any]]] = defaultdict(list)
+    for seq, row in enumerate(rows):
+        if query.start is not None and row["time"] < query.start:
+            continue
+        if query.end is not None and row["time"] >= query.end:
+            continue
+        if spec["subjects"] and row["subject"] not in spec["subjects"]:
+            continue
+        counts, value = reference_value(spec["aggregation"], row["value"], row["has_value"])
+        if not counts:
+            continue
+        window = local_window(row["time"], spec["window"], zone) if spec["window"] else None
+        key = (
+            window,
+            row["subject"] if by_subject else None,
+            row["model"] if spec["group_model"] else None,
+        )
+        buckets[key].append((row["time"], seq, value))
+    result = set()
+    for (window, subject, model), items in buckets.items():
+        numbers = [v for _, _, v in items]
+        aggregation = spec["aggregation"]
+        if aggregation == "SUM":
+            value = sum(numbers)
+        elif aggregation == "COUNT":
+            value = float(len(items))
+        elif aggregation == "AVG":
+            value = sum(numbers) / len(numbers)
+        elif aggregation == "MIN":
+            value = min(numbers)
+        elif aggregation == "MAX":
+            value = max(numbers)
+        elif aggregation == "LATEST":
+            value = max(items, key=lambda item: (item[0], item[1]))[2]
+        else:
+            value = float(len(set(numbers)))
+        result.add((window, subject, model, round(value, 6)))
+    return result
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=events, spec=queries)
+def test_queries_match_the_reference(rows: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(Path(folder) / "p.sqlite3")
+        meter = Meter(
+            slug="m",
+            aggregation=spec["aggregation"],
+            event_type="t",
+            value_property=None if spec["aggregation"] == "COUNT" else "$.value",
+            group_by={"model": "$.model"},
+        )
+        store.create_meter(meter)
+        batch = []
+        for index, row in enumerate(rows):
+            data: dict[str, Any] = {"model": row["model"]}
+            if row["has_value"]:
+                data["value"] = row["value"]
+            batch.append(
+                {
+                    "specversion": "1.0",
+                    "type": "t",
+                    "source": "p",
+                    "id": str(index),
+                    "subject": row["subject"],
+                    "time": format_rfc3339(row["time"]),
+                    "data": data,
+                }
+            )
+        store.ingest(batch)
+        start = spec["start"]
+        end = None if start is None or spec["length"] is None else start + spec["length"]
+        group_by = (["subject"] if spec["group_subject"] else []) + (
+            ["model"] if spec["group_model"] else []
+        )
+        query = Query(
+            start=start,
+            end=end,
+            window_size=spec["window"],
+            time_zone=spec["zone"],
+            subjects=spec["subjects"],
+            group_by=group_by,
+        )
+        result = store.query("m", query, now=BASE + SPAN + 60)
+        store.close()
+    got = set()
+    for row in result["data"]:
+        window = (row["windowStart"], row["windowEnd"]) if spec["window"] else None
+        value = row["value"]
+        assert not math.isnan(value)
+        got.add((window, row["subject"], row["groupBy"].get("model"), round(value, 6)))
+    assert got == reference(rows, spec, query)
