@@ -72,7 +72,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=4 * 1024 * 1024,
         help="largest accepted request body in bytes (default 4 MiB)",
     )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a LiteLLM workload into the local server and show the metered usage",
+        description="Start the local server, point an OpenMeterLogger at it, make real "
+        "LiteLLM mock calls (offline), then query the usage back and check that no event "
+        "was lost or duplicated.",
+    )
+    demo.add_argument("--calls", type=_calls, default=24, help="how many calls (default 24)")
+    demo.add_argument(
+        "--shape",
+        choices=("litellm", "tokens"),
+        default="litellm",
+        help="event shape (default litellm)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the server running afterwards and print its URL"
+    )
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
+
+
+def _calls(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 2 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (2-100000)")
+    return value
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    outcome = run_demo(calls=args.calls, shape=args.shape, keep=args.keep, as_json=args.json)
+    if not outcome.verified:
+        raise CommandError(f"{outcome.lost} event(s) lost, {outcome.duplicates} duplicated")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -119,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"serve": _serve}
+    handlers = {"serve": _serve, "demo": _demo}
     try:
         return handlers[args.command](args)
     except CommandError as exc:

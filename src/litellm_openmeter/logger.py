@@ -61,6 +61,7 @@ class OpenMeterLogger(CustomLogger):
         self._unpriced_models: set[str] = set()
         self._since_wake = 0
         self._enqueued = 0
+        self._calls_seen = 0
         self._closed = False
         self._lock = threading.Lock()
         _live_loggers.add(self)
@@ -80,27 +81,31 @@ class OpenMeterLogger(CustomLogger):
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Sync calls and sync streams (once, at the end)."""
-        self.record_call(kwargs, success=True)
+        self._on_call(kwargs, success=True)
 
     async def async_log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Async calls and async streams; runs on the caller's event loop."""
-        self.record_call(kwargs, success=True)
+        self._on_call(kwargs, success=True)
 
     def log_failure_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Failed sync calls (metered only with ``OPENMETER_METER_FAILURES=true``)."""
-        if self.settings.meter_failures:
-            self.record_call(kwargs, success=False)
+        self._on_call(kwargs, success=False)
 
     async def async_log_failure_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Failed async calls (metered only with ``OPENMETER_METER_FAILURES=true``)."""
-        if self.settings.meter_failures:
-            self.record_call(kwargs, success=False)
+        self._on_call(kwargs, success=False)
+
+    def _on_call(self, kwargs: Any, *, success: bool) -> None:
+        if success or self.settings.meter_failures:
+            self.record_call(kwargs, success=success)
+        with self._lock:
+            self._calls_seen += 1
 
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
         """Turn one call's hook arguments into stored events; never raises.
@@ -152,9 +157,11 @@ class OpenMeterLogger(CustomLogger):
     def stats(self) -> dict[str, Any]:
         """Delivery counters: queued, in_flight, delivered, retried, dead_lettered,
         refused, outbox_bytes, oldest_age_seconds, last_error, paused (shared by every
-        process using the outbox file) and enqueued (stored by this logger)."""
+        process using the outbox file), enqueued (events this logger stored) and
+        calls_seen (LiteLLM success and failure hooks this logger ran)."""
         snapshot = asdict(self.outbox.stats())
         snapshot["enqueued"] = self._enqueued
+        snapshot["calls_seen"] = self._calls_seen
         snapshot["paused"] = self.sender.paused_reason
         snapshot["last_error"] = self.sender.last_error or snapshot["last_error"]
         return snapshot

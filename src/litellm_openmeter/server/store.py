@@ -103,6 +103,10 @@ class Store:
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
         self.meters: dict[str, StoredMeter] = {}
+        self.received = 0
+        """Events received by this process, duplicates included."""
+        self.duplicates = 0
+        """Events received by this process that were already stored (dropped)."""
         for slug, meter_id, body, created, updated, table in self._writer.execute(
             "SELECT slug, id, body, created_at, updated_at, value_table FROM meters"
         ):
@@ -230,7 +234,10 @@ class Store:
                         event_id = raw.get("id") if isinstance(raw, dict) else None
                         label = f"{where} (id {event_id!r})" if event_id else where
                         raise IngestError(f"{label}: {exc.detail}") from None
-                    added += self._insert(valid.body, valid.time, moment)
+                    new = self._insert(valid.body, valid.time, moment)
+                    added += new
+                    self.received += 1
+                    self.duplicates += 1 - new
             finally:
                 conn.execute("COMMIT")
         return added

@@ -1,0 +1,89 @@
+"""The README's main command, run as a real process, checked against the server it fills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from typing import Any
+
+import httpx
+import pytest
+
+CLI = [sys.executable, "-m", "litellm_openmeter.cli"]
+
+
+@pytest.mark.parametrize("shape", ["litellm", "tokens"])
+def test_demo_totals_match_the_stored_events(shape: str) -> None:
+    process = subprocess.Popen(
+        [*CLI, "demo", "--json", "--keep", "--shape", shape, "--calls", "14"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        report = json.loads(process.stdout.readline())
+        events = httpx.get(f"{report['server_url']}/api/v1/events", params={"limit": 100}).json()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert report["verified"] and report["lost"] == 0 and report["duplicated"] == 0
+    assert report["calls"] == 14 and report["failed"] == 1 and report["without_user"] == 1
+    kinds = [item["event"] for item in events]
+    assert len(kinds) == report["events_delivered"] == report["events_stored_by_logger"]
+    assert report["dead_lettered"] >= 1
+    failures = [e for e in kinds if e["type"].endswith("_failure")]
+    assert len(failures) == 1 and failures[0]["data"]["error_class"] == "RateLimitError"
+
+    totals: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in kinds:
+        if event["type"].endswith("_failure"):
+            continue
+        data: dict[str, Any] = event["data"]
+        cell = totals[(event["subject"], data["model"])]
+        cell["cost"] += data["cost"]
+        if shape == "litellm":
+            cell["input"] += data["prompt_tokens"]
+            cell["output"] += data["completion_tokens"]
+            cell["cached"] += data["cache_read_tokens"]
+        else:
+            column = "output" if data["type"] in ("output", "reasoning") else "input"
+            cell[column] += data["tokens"]
+            cell["cached"] += data["tokens"] if data["type"] == "cache_read" else 0
+    printed = {(row["subject"], row["model"]): row for row in report["usage"]}
+    assert set(printed) == set(totals)
+    for key, cell in totals.items():
+        for column in ("input", "output", "cached"):
+            assert printed[key][column] == cell[column], (key, column)
+        assert printed[key]["cost"] == pytest.approx(cell["cost"])
+    assert sum(row["cached"] for row in report["usage"]) > 0
+    assert {row["subject"] for row in report["usage"]} == {"alice", "bob", "carol"}
+
+
+def test_demo_prints_a_table_and_the_check() -> None:
+    result = subprocess.run(
+        [*CLI, "demo", "--calls", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage per subject and model" in result.stdout
+    assert "0 lost, 0 duplicated" in result.stdout
+    assert "calls made: 8 (7 succeeded, 1 failed, 1 without a user)" in result.stdout
+
+
+def test_demo_rejects_bad_values() -> None:
+    result = subprocess.run(
+        [*CLI, "demo", "--calls", "zero"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "'zero' is not a whole number" in result.stderr
+    result = subprocess.run(
+        [*CLI, "demo", "--shape", "rows"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "invalid choice: 'rows'" in result.stderr
