@@ -1,15 +1,26 @@
-"""The ``litellm-openmeter`` command line."""
+"""The ``litellm-openmeter`` command line.
+
+Every command reads the same ``OPENMETER_*`` settings as the logger, never prints the
+API key, fails with one line and a non-zero exit code, and offers ``--json`` where a
+script would read its output.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
+from .settings import Settings, SettingsError
 
 SERVER_TOKEN_ENV = "OPENMETER_SERVER_TOKEN"
 
@@ -34,14 +45,59 @@ def _port(text: str) -> int:
     return value
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="litellm-openmeter",
-        description="Bill LiteLLM usage through OpenMeter.",
+        description="Bill LiteLLM usage through OpenMeter. Settings come from the "
+        "OPENMETER_* environment variables (see the README).",
     )
     parser.add_argument("--version", action="version", version=f"litellm-openmeter {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a LiteLLM workload into the local server and show the metered usage",
+        description="Start the local server, point an OpenMeterLogger at it, make real "
+        "LiteLLM mock calls (offline), then query the usage back and check that no event "
+        "was lost or duplicated.",
+    )
+    demo.add_argument(
+        "--calls", type=_bounded_int(2, 100_000), default=24, help="how many calls (default 24)"
+    )
+    demo.add_argument(
+        "--shape",
+        choices=("litellm", "tokens"),
+        default="litellm",
+        help="event shape (default litellm)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the server running afterwards and print its URL"
+    )
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
 
     serve = commands.add_parser(
         "serve",
@@ -68,40 +124,111 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-body",
-        type=int,
+        type=_bounded_int(1024, 1024**3),
         default=4 * 1024 * 1024,
         help="largest accepted request body in bytes (default 4 MiB)",
     )
 
-    demo = commands.add_parser(
-        "demo",
-        help="run a LiteLLM workload into the local server and show the metered usage",
-        description="Start the local server, point an OpenMeterLogger at it, make real "
-        "LiteLLM mock calls (offline), then query the usage back and check that no event "
-        "was lost or duplicated.",
+    meters = commands.add_parser(
+        "meters",
+        help="print (or create) the meters that read the configured events",
+        description="Print the OpenMeter meters that match OPENMETER_EVENT_TYPE and "
+        "OPENMETER_EVENT_SHAPE: YAML for a self-hosted config.yaml, or JSON for the API.",
     )
-    demo.add_argument("--calls", type=_calls, default=24, help="how many calls (default 24)")
-    demo.add_argument(
-        "--shape",
-        choices=("litellm", "tokens"),
-        default="litellm",
-        help="event shape (default litellm)",
+    meters.add_argument("--json", action="store_true", help="print MeterCreate JSON bodies")
+    meters.add_argument(
+        "--apply",
+        action="store_true",
+        help="create the missing meters on OPENMETER_API_ENDPOINT and report "
+        "existing ones that differ",
     )
-    demo.add_argument(
-        "--keep", action="store_true", help="leave the server running afterwards and print its URL"
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="inspect and operate the delivery outbox",
+        description="Inspect and operate the outbox at OPENMETER_OUTBOX_PATH.",
     )
-    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    actions = outbox.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="depth, bytes, oldest age, last error")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    dead = actions.add_parser("dead-letters", help="events that could not be sent, with why")
+    dead.add_argument("--json", action="store_true", help="print as JSON")
+    dead.add_argument(
+        "--limit",
+        type=_bounded_int(1, 1_000_000),
+        default=100,
+        help="at most this many (default 100)",
+    )
+    requeue = actions.add_parser("requeue", help="move dead letters back to the queue")
+    requeue.add_argument("ids", nargs="*", metavar="ID", help="event ids to requeue")
+    requeue.add_argument("--all", action="store_true", help="requeue every dead letter")
+    requeue.add_argument(
+        "--subject",
+        default=None,
+        help="set this subject on the requeued events (for no_subject ones)",
+    )
+    drain = actions.add_parser("drain", help="send everything now, until empty or a deadline")
+    drain.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        help="give up after this many seconds (default 60)",
+    )
+    purge = actions.add_parser("purge-dead", help="delete every dead letter")
+    purge.add_argument("--yes", action="store_true", help="confirm: dead letters are billing data")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check configuration, endpoint, key, meters, outbox",
+        description="Run every check; exit code 1 when any fails.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print as JSON")
+
+    usage = commands.add_parser(
+        "usage",
+        help="query the meters: usage per subject and window",
+        description="Query the configured endpoint's meters for the "
+        "configured event type and print usage per subject and window.",
+    )
+    usage.add_argument(
+        "--subject", action="append", default=[], help="only this subject (repeatable)"
+    )
+    usage.add_argument("--from", dest="start", default=None, help="start, RFC 3339 (inclusive)")
+    usage.add_argument("--to", dest="end", default=None, help="end, RFC 3339 (exclusive)")
+    usage.add_argument(
+        "--window",
+        choices=("MINUTE", "HOUR", "DAY", "MONTH"),
+        default=None,
+        type=str.upper,
+        help="window size (default: one row for the period)",
+    )
+    usage.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also group by this meter key, e.g. model (repeatable)",
+    )
+    usage.add_argument("--time-zone", default="UTC", help="IANA time zone of the windows")
+    usage.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 
-def _calls(text: str) -> int:
+def _settings(require_key: bool = True) -> Settings:
+    overrides: dict[str, object] = {}
+    if not require_key and not os.environ.get("OPENMETER_API_KEY"):
+        overrides["api_key"] = "not-needed"
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 2 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{value} is out of range (2-100000)")
-    return value
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# -- demo and serve -----------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -151,6 +278,288 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- meters -------------------------------------------------------------------------------
+
+
+def _comparable(meter: dict[str, Any]) -> dict[str, Any]:
+    keys = ("aggregation", "eventType", "valueProperty", "groupBy")
+    return {key: meter.get(key) or ({} if key == "groupBy" else None) for key in keys}
+
+
+def _meters(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .client import ClientError, OpenMeterClient
+    from .meters import meters_for
+
+    settings = _settings(require_key=args.apply)
+    wanted = meters_for(settings.event_type, settings.event_shape)
+    if not args.apply:
+        if args.json:
+            _print_json([meter.to_create() for meter in wanted])
+        else:
+            print(
+                f"# Meters for event type {settings.event_type!r} ({settings.event_shape} shape)."
+            )
+            print("# Paste under the meters: key of a self-hosted OpenMeter config.yaml.")
+            print(
+                yaml.safe_dump({"meters": [m.to_yaml_entry() for m in wanted]}, sort_keys=False),
+                end="",
+            )
+        return 0
+    report: list[dict[str, str]] = []
+    try:
+        with OpenMeterClient(settings) as client:
+            existing = {meter.get("slug"): meter for meter in client.list_meters()}
+            for meter in wanted:
+                body = meter.to_create()
+                found = existing.get(meter.slug)
+                if found is None:
+                    client.create_meter(body)
+                    report.append({"slug": meter.slug, "state": "created"})
+                elif _comparable(found) != _comparable(body):
+                    report.append(
+                        {
+                            "slug": meter.slug,
+                            "state": "differs",
+                            "detail": json.dumps(
+                                {"endpoint": _comparable(found), "wanted": _comparable(body)}
+                            ),
+                        }
+                    )
+                else:
+                    report.append({"slug": meter.slug, "state": "exists"})
+    except ClientError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        _print_json(report)
+    else:
+        for line in report:
+            detail = f" (left unchanged; {line['detail']})" if "detail" in line else ""
+            print(f"{line['state']:8} {line['slug']}{detail}")
+    return 0
+
+
+# -- outbox -------------------------------------------------------------------------------
+
+
+def _open_outbox(settings: Settings, must_exist: bool = True) -> Any:
+    from .outbox import Outbox
+
+    if must_exist and not settings.outbox_path.exists():
+        raise CommandError(
+            f"no outbox at {settings.outbox_path} (set OPENMETER_OUTBOX_PATH to "
+            "the file the logger uses)"
+        )
+    return Outbox(settings.outbox_path, settings.outbox_max_bytes)
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = _settings(require_key=args.action == "drain")
+    console = Console()
+    if args.action == "status":
+        if not settings.outbox_path.exists():
+            stats: dict[str, Any] = {
+                "path": str(settings.outbox_path),
+                "exists": False,
+                "queued": 0,
+                "dead_lettered": 0,
+            }
+        else:
+            outbox = _open_outbox(settings)
+            stats = {
+                "path": str(settings.outbox_path),
+                "exists": True,
+                **asdict(outbox.stats()),
+                "max_bytes": settings.outbox_max_bytes,
+            }
+        if args.json:
+            _print_json(stats)
+            return 0
+        table = Table(title=f"Outbox {settings.outbox_path}", show_header=False)
+        for key, value in stats.items():
+            if key == "oldest_age_seconds" and value is not None:
+                value = f"{value:.1f}s"
+            table.add_row(key.replace("_", " "), "-" if value in (None, "") else str(value))
+        console.print(table)
+        return 0
+    outbox = _open_outbox(settings)
+    if args.action == "dead-letters":
+        letters = outbox.dead_letters(limit=args.limit)
+        if args.json:
+            _print_json([asdict(letter) for letter in letters])
+            return 0
+        if not letters:
+            console.print("no dead letters")
+            return 0
+        table = Table(title=f"{len(letters)} dead letter(s)")
+        for column in ("id", "reason", "failed at", "subject", "detail"):
+            table.add_column(column, overflow="fold")
+        for letter in letters:
+            failed = datetime.fromtimestamp(letter.failed_at, tz=timezone.utc)
+            table.add_row(
+                letter.id,
+                letter.reason,
+                failed.strftime("%Y-%m-%d %H:%M:%SZ"),
+                str(letter.event.get("subject") or "-"),
+                letter.detail,
+            )
+        console.print(table)
+        return 0
+    if args.action == "requeue":
+        if bool(args.ids) == bool(args.all):
+            raise CommandError("give event IDs or --all (not both)")
+        try:
+            moved = outbox.requeue(None if args.all else args.ids, args.subject)
+        except (KeyError, ValueError) as exc:
+            raise CommandError(str(exc).strip("\"'")) from None
+        print(
+            f"requeued {moved} event(s); they are sent by the next running logger or "
+            "'litellm-openmeter outbox drain'"
+        )
+        return 0
+    if args.action == "purge-dead":
+        count = outbox.stats().dead_lettered
+        if not args.yes:
+            raise CommandError(
+                f"refusing to delete {count} dead letter(s) without --yes "
+                "(they are billing data; requeue them if the cause is fixed)"
+            )
+        print(f"deleted {outbox.purge_dead()} dead letter(s)")
+        return 0
+    return _drain(settings, outbox, args.timeout, console)
+
+
+def _drain(settings: Settings, outbox: Any, timeout: float, console: Any) -> int:
+    from rich.progress import Progress
+
+    from .sender import Sender
+
+    total = outbox.pending()
+    if total == 0:
+        print("outbox is empty")
+        return 0
+    sender = Sender(settings, outbox)
+    deadline = time.monotonic() + timeout
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"sending to {settings.endpoint}", total=total)
+        sender.ensure_started()
+        while True:
+            done = sender.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            left = outbox.pending()
+            progress.update(task, completed=total - left)
+            if done or time.monotonic() >= deadline:
+                break
+    sender.stop(timeout=2.0)
+    left = outbox.pending()
+    if left:
+        stats = outbox.stats()
+        raise CommandError(
+            f"{left} event(s) still queued after {timeout:g}s "
+            f"(last error: {sender.paused_reason or stats.last_error or '-'})"
+        )
+    print(f"drained {total} event(s) to {settings.endpoint}")
+    return 0
+
+
+# -- doctor and usage ---------------------------------------------------------------------
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    checks = run_checks()
+    if args.json:
+        _print_json([asdict(check) for check in checks])
+    else:
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            fix = f"  -> fix: {check.fix}" if not check.ok and check.fix else ""
+            print(f"{mark} {check.name}: {check.message}{fix}")
+    return 0 if all(check.ok for check in checks) else 1
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .client import ClientError, OpenMeterClient
+    from .meters import slug_prefix
+
+    settings = _settings()
+    prefix = slug_prefix(settings.event_type)
+    if settings.event_shape == "tokens":
+        columns = {"tokens": "tokens_total", "cost": f"{prefix}_cost"}
+    else:
+        columns = {
+            "input tokens": f"{prefix}_prompt_tokens",
+            "output tokens": f"{prefix}_completion_tokens",
+            "cached tokens": f"{prefix}_cache_read_tokens",
+            "cost": f"{prefix}_cost",
+        }
+    params: dict[str, Any] = {
+        "groupBy": ["subject", *args.group_by],
+        "windowTimeZone": args.time_zone,
+    }
+    for key, value in (("from", args.start), ("to", args.end), ("windowSize", args.window)):
+        if value:
+            params[key] = value
+    if args.subject:
+        params["subject"] = args.subject
+    rows: dict[tuple[str, str, str, tuple[str, ...]], dict[str, float]] = {}
+    try:
+        with OpenMeterClient(settings) as client:
+            for column, slug in columns.items():
+                for row in client.query(slug, params)["data"]:
+                    groups = tuple(str(row["groupBy"].get(key) or "-") for key in args.group_by)
+                    row_key = (row["windowStart"], row["windowEnd"], row["subject"] or "-", groups)
+                    rows.setdefault(row_key, dict.fromkeys(columns, 0.0))[column] += row["value"]
+    except ClientError as exc:
+        if exc.status == 404:
+            raise CommandError(
+                f"{exc} (create the meters: litellm-openmeter meters --apply)"
+            ) from None
+        raise CommandError(str(exc)) from None
+    ordered = sorted(rows.items())
+    if args.json:
+        _print_json(
+            [
+                {
+                    "windowStart": k[0],
+                    "windowEnd": k[1],
+                    "subject": k[2],
+                    "groupBy": dict(zip(args.group_by, k[3], strict=True)),
+                    **values,
+                }
+                for k, values in ordered
+            ]
+        )
+        return 0
+    table = Table(title=f"Usage from {settings.endpoint} ({prefix}, {settings.event_shape} shape)")
+    for name in ("window start", "window end", "subject", *args.group_by):
+        table.add_column(name, overflow="fold")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for (start, end, subject, groups), values in ordered:
+        cells = [f"{values[c]:.6f}" if c == "cost" else f"{values[c]:,.0f}" for c in columns]
+        table.add_row(start, end, subject, *groups, *cells)
+    Console().print(table if ordered else "no usage in that period")
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "serve": _serve,
+    "meters": _meters,
+    "outbox": _outbox,
+    "doctor": _doctor,
+    "usage": _usage,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
@@ -158,9 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"serve": _serve, "demo": _demo}
+    if args.command != "serve":
+        # Commands report through their own output and one error line; the library's
+        # delivery log lines would only repeat that.
+        quiet = logging.getLogger("litellm_openmeter")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     try:
-        return handlers[args.command](args)
+        return HANDLERS[args.command](args)
     except CommandError as exc:
         print(f"litellm-openmeter {args.command}: error: {exc}", file=sys.stderr)
         return 1

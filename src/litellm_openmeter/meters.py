@@ -271,6 +271,11 @@ def load_meters_file(path: str | Path) -> list[Meter]:
     return meters
 
 
+def slug_prefix(event_type: str, fallback: str = "litellm") -> str:
+    """The meter slug prefix for an event type (``litellm_tokens`` -> ``litellm_tokens``)."""
+    return re.sub(r"[^a-z0-9]+", "_", event_type.lower()).strip("_") or fallback
+
+
 _DIMENSIONS = {
     "model": "$.model",
     "provider": "$.provider",
@@ -283,7 +288,7 @@ _DIMENSIONS = {
 
 def litellm_shape_meters(event_type: str = "litellm_tokens") -> list[Meter]:
     """Meters for the default event shape (one event per call)."""
-    prefix = re.sub(r"[^a-z0-9]+", "_", event_type.lower()).strip("_") or "litellm"
+    prefix = slug_prefix(event_type)
     sums = [
         ("prompt_tokens", "Input tokens, cached ones included"),
         ("completion_tokens", "Output tokens, reasoning ones included"),
@@ -318,7 +323,7 @@ def litellm_shape_meters(event_type: str = "litellm_tokens") -> list[Meter]:
 
 def tokens_shape_meters(event_type: str = "prompt") -> list[Meter]:
     """Meters for the ``tokens`` shape: OpenMeter's own ``tokens_total`` plus cost and calls."""
-    prefix = re.sub(r"[^a-z0-9]+", "_", event_type.lower()).strip("_") or "prompt"
+    prefix = slug_prefix(event_type, "prompt")
     extra = {key: path for key, path in _DIMENSIONS.items() if key != "model"}
     return [
         Meter(
@@ -350,7 +355,7 @@ def tokens_shape_meters(event_type: str = "prompt") -> list[Meter]:
 
 def failure_meter(event_type: str) -> Meter:
     """Counts failed calls (events of type ``<type>_failure``)."""
-    prefix = re.sub(r"[^a-z0-9]+", "_", event_type.lower()).strip("_") or "litellm"
+    prefix = slug_prefix(event_type)
     return Meter(
         slug=f"{prefix}_failures",
         aggregation="COUNT",

@@ -1,0 +1,87 @@
+"""A small client for OpenMeter's meter API (list, create, query), for the CLI.
+
+Delivery of events does not use it: that is the sender's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ._version import __version__
+from .settings import Settings
+from .transport import problem_detail
+
+
+class ClientError(RuntimeError):
+    """A request to OpenMeter failed; the message says why and what to check."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OpenMeterClient:
+    """Meters API of the configured endpoint, with the configured key."""
+
+    def __init__(self, settings: Settings, timeout: float | None = None) -> None:
+        self.endpoint = settings.endpoint
+        self._http = httpx.Client(
+            base_url=settings.endpoint,
+            timeout=timeout or settings.http_timeout,
+            headers={
+                "Authorization": f"Bearer {settings.api_key}",
+                "User-Agent": f"litellm-openmeter/{__version__}",
+            },
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenMeterClient(endpoint={self.endpoint!r})"
+
+    def __enter__(self) -> OpenMeterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise ClientError(f"{self.endpoint} did not answer in time") from None
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach {self.endpoint}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise ClientError(
+                f"{self.endpoint} rejected the API key (HTTP {response.status_code}): "
+                "check OPENMETER_API_KEY",
+                response.status_code,
+            )
+        if response.status_code >= 400:
+            raise ClientError(
+                f"{method} {path} failed: HTTP {response.status_code}: {problem_detail(response)}",
+                response.status_code,
+            )
+        return response
+
+    def list_meters(self) -> list[dict[str, Any]]:
+        """Every meter of the endpoint."""
+        meters: list[dict[str, Any]] = self._request("GET", "/api/v1/meters").json()
+        return meters
+
+    def create_meter(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a meter from a ``MeterCreate`` body."""
+        created: dict[str, Any] = self._request("POST", "/api/v1/meters", json=body).json()
+        return created
+
+    def query(self, slug: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Query a meter (GET form)."""
+        result: dict[str, Any] = self._request(
+            "GET", f"/api/v1/meters/{slug}/query", params=params
+        ).json()
+        return result
