@@ -266,3 +266,17 @@ def test_backoff_and_retry_after_parsing() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_prometheus_metrics(make_logger: Any, ingest: RecordingServer) -> None:
+    prometheus = pytest.importorskip("prometheus_client")
+    ingest.respond = lambda request: problem(503, "Service Unavailable", "later")
+    logger = make_logger()
+    record(logger, 3)
+    wait_for(lambda: logger.stats()["retried"] >= 1, what="a retry")
+    text = prometheus.generate_latest().decode()
+    path = str(logger.settings.outbox_path)
+    assert f'litellm_openmeter_queued{{outbox="{path}"}} 3.0' in text
+    assert f'litellm_openmeter_retried_total{{outbox="{path}"}}' in text
+    assert "litellm_openmeter_delivered_total" in text and "litellm_openmeter_paused" in text
+    assert "test-key" not in text

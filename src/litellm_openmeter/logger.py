@@ -18,6 +18,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from . import metrics
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from .outbox import Outbox, OutboxFull
 from .sender import Sender
@@ -65,6 +66,7 @@ class OpenMeterLogger(CustomLogger):
         self._closed = False
         self._lock = threading.Lock()
         _live_loggers.add(self)
+        metrics.register(lambda: list(_live_loggers))
         if self.outbox.pending():
             self.sender.ensure_started()
 
