@@ -32,7 +32,15 @@ values = st.one_of(
 events = st.lists(
     st.fixed_dictionaries(
         {
-            "time": st.integers(BASE, BASE + SPAN),
+            # Times next to quarter hours probe window edges in every zone.
+            "time": st.one_of(
+                st.integers(BASE, BASE + SPAN),
+                st.builds(
+                    lambda q, d: BASE + q * 900 + d,
+                    st.integers(0, SPAN // 900),
+                    st.sampled_from([-1, 0, 1, 1799]),
+                ),
+            ),
             "subject": st.sampled_from(["a", "b", "c"]),
             "model": st.sampled_from(["m1", "m2", None]),
             "value": values,
@@ -48,8 +56,15 @@ queries = st.fixed_dictionaries(
         "zone": st.sampled_from(ZONES),
         "group_subject": st.booleans(),
         "group_model": st.booleans(),
-        "start": st.one_of(st.none(), st.integers(BASE - 3600, BASE + SPAN)),
-        "length": st.one_of(st.none(), st.integers(0, SPAN)),
+        # Hour-aligned bounds let the hourly rollup answer; others go to the facts.
+        "start": st.one_of(
+            st.none(),
+            st.integers(BASE - 3600, BASE + SPAN),
+            st.integers(BASE // 3600 - 1, (BASE + SPAN) // 3600).map(lambda h: h * 3600),
+        ),
+        "length": st.one_of(
+            st.none(), st.integers(0, SPAN), st.integers(0, SPAN // 3600).map(lambda h: h * 3600)
+        ),
         "subjects": st.lists(st.sampled_from(["a", "b", "c"]), max_size=2, unique=True),
     }
 )
@@ -137,7 +152,7 @@ def reference(
     return result
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=events, spec=queries)
 def test_queries_match_the_reference(rows: list[dict[str, Any]], spec: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as folder:
@@ -189,3 +204,61 @@ def test_queries_match_the_reference(rows: list[dict[str, Any]], spec: dict[str,
         assert not math.isnan(value)
         got.add((window, row["subject"], row["groupBy"].get("model"), round(value, 6)))
     assert got == reference(rows, spec, query)
+
+
+def test_half_hour_zone_day_windows() -> None:
+    """18:45 UTC is 00:15 the next day in Kolkata (UTC+05:30)."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(Path(folder) / "k.sqlite3")
+        store.create_meter(Meter(slug="m", aggregation="SUM", event_type="t", value_property="$.v"))
+        store.ingest(
+            [
+                {
+                    "specversion": "1.0",
+                    "type": "t",
+                    "source": "p",
+                    "id": "1",
+                    "subject": "a",
+                    "time": "2026-03-28T18:45:00Z",
+                    "data": {"v": 1},
+                }
+            ]
+        )
+        [row] = store.query("m", Query(window_size="DAY", time_zone="Asia/Kolkata"))["data"]
+        store.close()
+    assert (row["windowStart"], row["windowEnd"]) == (
+        "2026-03-28T18:30:00Z",
+        "2026-03-29T18:30:00Z",
+    )
+
+
+def test_rollups_respect_unaligned_bounds() -> None:
+    """Bounds on, off and between hour and day edges give the same sums as the facts."""
+    times = [BASE + offset for offset in (0, 1, 3599, 3600, 5 * 3600 + 7, 86399, 86400, 90000)]
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(Path(folder) / "e.sqlite3")
+        store.create_meter(Meter(slug="m", aggregation="SUM", event_type="t", value_property="$.v"))
+        store.ingest(
+            [
+                {
+                    "specversion": "1.0",
+                    "type": "t",
+                    "source": "p",
+                    "id": str(n),
+                    "subject": "a",
+                    "time": format_rfc3339(t),
+                    "data": {"v": 2**n},
+                }
+                for n, t in enumerate(times)
+            ]
+        )
+        for start in (BASE, BASE + 1, BASE + 3600, BASE + 5 * 3600, BASE + 86400):
+            for end in (None, BASE + 3600, BASE + 86400, BASE + 86401, BASE + 2 * 86400):
+                for window in (None, "HOUR", "DAY"):
+                    query = Query(start=start, end=end, window_size=window)
+                    got = sum(r["value"] for r in store.query("m", query)["data"])
+                    want = sum(
+                        2**n for n, t in enumerate(times) if t >= start and (end is None or t < end)
+                    )
+                    assert got == want, (start - BASE, end and end - BASE, window)
+        store.close()

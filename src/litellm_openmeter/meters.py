@@ -57,21 +57,26 @@ def compile_path(expression: str, what: str = "valueProperty") -> tuple[PathStep
     return tuple(steps)
 
 
-_MISSING = object()
+MISSING: Any = object()
+"""What :func:`read_path` returns for an absent property."""
 
 
 def read_path(data: object, steps: tuple[PathStep, ...]) -> object:
-    """Follow compiled steps into ``data``; returns ``_MISSING`` when absent."""
+    """Follow compiled steps into ``data``; returns ``MISSING`` when absent."""
     current = data
     for step in steps:
-        if isinstance(step, int):
+        if type(current) is dict:  # the common case, without the ABC check
+            if step not in current:
+                return MISSING
+            current = current[step]
+        elif isinstance(step, int):
             if not isinstance(current, list) or step >= len(current):
-                return _MISSING
+                return MISSING
+            current = current[step]
+        elif isinstance(current, Mapping) and step in current:
             current = current[step]
         else:
-            if not isinstance(current, Mapping) or step not in current:
-                return _MISSING
-            current = current[step]
+            return MISSING
     return current
 
 
@@ -180,49 +185,33 @@ def meter_from_json(body: object) -> Meter:
     )
 
 
-@dataclass(frozen=True)
-class Extracted:
-    """What a meter reads from one event: a number, a string (UNIQUE_COUNT) and groups."""
+def value_error(meter: Meter, raw: object) -> str | None:
+    """Why a meter cannot count an event whose value property is ``raw``, or None.
 
-    value: float | None
-    text: str | None
-    groups: tuple[str | None, ...]
-
-
-def extract(meter: Meter, data: object) -> Extracted | str:
-    """Read a meter's value and group values from an event's ``data``.
-
-    Returns the extracted values, or a validation error message (the event is then
-    not counted by this meter, as in OpenMeter).
+    ``MISSING`` stands for an absent property. As in OpenMeter, numeric strings are
+    numbers, ``null`` is not counted, and UNIQUE_COUNT wants a string.
     """
-    groups = tuple(_group_value(read_path(data, steps)) for steps in meter.group_steps)
     if meter.aggregation == "COUNT":
-        return Extracted(1.0, None, groups)
-    steps = meter.value_steps
-    assert steps is not None
-    raw = read_path(data, steps)
+        return None
     where = f"meter {meter.slug}: {meter.value_property}"
-    if raw is _MISSING:
+    if raw is MISSING:
         return f"{where} is missing"
     if raw is None:
         return f"{where} is null"
     if meter.aggregation == "UNIQUE_COUNT":
-        if isinstance(raw, str):
-            return Extracted(None, raw, groups)
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return Extracted(None, _number_text(raw), groups)
-        return f"{where} must be a string"
-    number = _as_number(raw)
-    if number is None:
-        return f"{where} is not a number: {raw!r}"
-    return Extracted(number, None, groups)
+        return None if unique_text(raw) is not None else f"{where} must be a string"
+    return None if as_number(raw) is not None else f"{where} is not a number: {raw!r}"
 
 
-def _number_text(value: float) -> str:
+def number_text(value: float) -> str:
+    """A number as OpenMeter's group and unique values show it (no trailing .0)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _as_number(raw: object) -> float | None:
+def as_number(raw: object) -> float | None:
+    """A finite number from a JSON number or numeric string; None otherwise."""
+    if type(raw) is int:  # the common case first
+        return float(raw)
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
@@ -237,15 +226,25 @@ def _as_number(raw: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _group_value(raw: object) -> str | None:
-    if raw is _MISSING or raw is None:
+def unique_text(raw: object) -> str | None:
+    """The value a UNIQUE_COUNT meter counts: strings, and numbers as text."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return number_text(raw)
+    return None
+
+
+def group_text(raw: object) -> str | None:
+    """A group-by value: strings as they are, numbers and booleans as text."""
+    if raw is MISSING or raw is None:
         return None
     if isinstance(raw, str):
         return raw
     if isinstance(raw, bool):
         return "true" if raw else "false"
     if isinstance(raw, (int, float)):
-        return _number_text(raw)
+        return number_text(raw)
     return None
 
 

@@ -3,6 +3,7 @@ validation. Pure functions."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -112,5 +113,11 @@ def validate_event(event: object, now: float) -> ValidEvent:
         for key in ("id", "source", "specversion", "type", "subject", "datacontenttype", "data")
         if key in event
     }
-    body["time"] = format_rfc3339(moment)
+    body["time"] = _whole_seconds(moment)
     return ValidEvent(body=body, time=moment)
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(moment: int) -> str:
+    # Live traffic repeats the same seconds: cache their text.
+    return format_rfc3339(moment)

@@ -1,5 +1,12 @@
-"""The local server's SQLite store: events deduplicated by (source, id), meters, and one
-value table per meter filled at ingest, so queries never parse JSON."""
+"""The local server's SQLite store.
+
+Events are kept whole (deduplicated by source and id) and, at ingest, the values that
+meters read are extracted once per event into a *facts* table per event type: one
+column per JSONPath any meter of that type uses. Hourly and daily *rollups* per event type
+(sums, counts, minimums and maximums per subject and group values) answer most
+queries without touching the facts, so queries never parse JSON and stay fast over
+millions of events.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,24 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..meters import Extracted, Meter, extract, meter_from_json
+from ..meters import (
+    MISSING,
+    Meter,
+    as_number,
+    compile_path,
+    group_text,
+    meter_from_json,
+    read_path,
+    unique_text,
+    value_error,
+)
 from .ingest import IngestError, format_rfc3339, parse_rfc3339, validate_event
-from .windows import local_seconds_sql, window_bounds, window_key_sql, zone
+from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -31,19 +48,25 @@ CREATE TABLE IF NOT EXISTS events (
     validation_error TEXT,
     UNIQUE (source, id)
 );
-CREATE INDEX IF NOT EXISTS events_type_time ON events (type, time);
-CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE TABLE IF NOT EXISTS meters (
     slug TEXT PRIMARY KEY,
     id TEXT NOT NULL,
     body TEXT NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    value_table TEXT NOT NULL
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layouts (
+    event_type TEXT PRIMARY KEY,
+    tag TEXT NOT NULL,
+    columns TEXT NOT NULL
 );
 """
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_NO_GROUP = "\x00"  # NULL stand-in in rollup keys (NULLs never conflict in SQLite keys)
+_HOUR = 3600
+_DAY = 86400
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def new_ulid(now: float | None = None) -> str:
@@ -64,7 +87,6 @@ class StoredMeter:
     id: str
     created_at: float
     updated_at: float
-    table: str
 
     def to_json(self) -> dict[str, Any]:
         """The ``Meter`` schema of OpenMeter's API."""
@@ -90,6 +112,150 @@ class Query:
     filter_group_by: dict[str, list[str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One extracted value: a JSONPath read as a group (g), number (n) or string (s)."""
+
+    role: str
+    path: str
+    name: str
+
+
+def _wanted(meters: Iterable[Meter]) -> list[tuple[str, str]]:
+    """The (role, path) columns a set of meters reads."""
+    keys: list[tuple[str, str]] = []
+    for meter in meters:
+        keys += [("g", path) for path in meter.group_by.values()]
+        if meter.value_property is not None:
+            role = "s" if meter.aggregation == "UNIQUE_COUNT" else "n"
+            keys.append((role, meter.value_property))
+    return list(dict.fromkeys(keys))
+
+
+class Layout:
+    """The facts and rollup tables of one event type."""
+
+    def __init__(self, event_type: str, tag: str, columns: list[Column]) -> None:
+        self.event_type = event_type
+        self.tag = tag
+        self.columns = columns
+        self.facts = f"facts_{tag}"
+        # Rollups by granularity in seconds: hours, and days in UTC.
+        self.rollups = {_HOUR: f"rollup_{tag}", _DAY: f"rollup_{tag}_day"}
+        self.by_key = {(c.role, c.path): c for c in columns}
+        self.groups = [c for c in columns if c.role == "g"]
+        self.numbers = [c for c in columns if c.role == "n"]
+        # Unique paths read once per event, then converted per role.
+        self.paths = sorted({c.path for c in columns})
+        self.path_steps = [compile_path(path) for path in self.paths]
+        self.meters: list[Meter] = []
+
+    def column(self, role: str, path: str) -> Column:
+        return self.by_key[(role, path)]
+
+    def facts_sql(self) -> str:
+        names = "".join(f", {c.name}" for c in self.columns)
+        marks = ", ?" * len(self.columns)
+        return f"INSERT INTO {self.facts} (seq, time, subject{names}) VALUES (?, ?, ?{marks})"
+
+    def rollup_sql(self, table: str) -> str:
+        groups = [c.name for c in self.groups]
+        stats = [f"{kind}_{c.name}" for c in self.numbers for kind in ("sum", "cnt", "min", "max")]
+        names = ", ".join(["hour", "subject", *groups, "rows", *stats])
+        marks = ", ".join("?" * (3 + len(groups) + len(stats)))
+        updates = ["rows = rows + excluded.rows"]
+        for c in self.numbers:
+            updates.append(f"sum_{c.name} = sum_{c.name} + excluded.sum_{c.name}")
+            updates.append(f"cnt_{c.name} = cnt_{c.name} + excluded.cnt_{c.name}")
+            for kind, pick in (("min", "min"), ("max", "max")):
+                col = f"{kind}_{c.name}"
+                updates.append(
+                    f"{col} = CASE WHEN excluded.{col} IS NULL THEN {col} "
+                    f"WHEN {col} IS NULL THEN excluded.{col} ELSE {pick}({col}, excluded.{col}) END"
+                )
+        key = ", ".join(["hour", "subject", *groups])
+        return (
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+        )
+
+    def plan(self) -> None:
+        """Precompute what :meth:`extract` does per column (it runs once per event)."""
+        index = {path: n for n, path in enumerate(self.paths)}
+        self._plan = [(index[c.path], c.role) for c in self.columns]
+        self._group_at = [n for n, c in enumerate(self.columns) if c.role == "g"]
+        self._number_at = [n for n, c in enumerate(self.columns) if c.role == "n"]
+        self._checks = []
+        for meter in self.meters:
+            if meter.value_property is not None:
+                role = "s" if meter.aggregation == "UNIQUE_COUNT" else "n"
+                column = self.columns.index(self.column(role, meter.value_property))
+                self._checks.append((meter, column, index[meter.value_property]))
+
+    def write_rollups(self, conn: sqlite3.Connection, hourly: list[tuple[Any, ...]]) -> None:
+        """Add hourly rollup rows (from :meth:`extract`) to every rollup table."""
+        for granularity, table in self.rollups.items():
+            rows = (
+                hourly
+                if granularity == _HOUR
+                else [(row[0] // granularity * granularity, *row[1:]) for row in hourly]
+            )
+            conn.executemany(self.rollup_sql(table), self.combine(rows))
+
+    def combine(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Merge rollup rows with the same key (live traffic shares hours and groups)."""
+        width = 3 + len(self._group_at)  # hour, subject, groups..., rows
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            key = row[: width - 1]
+            into = merged.get(key)
+            if into is None:
+                merged[key] = list(row)
+                continue
+            into[width - 1] += 1
+            for at in range(width, len(row), 4):
+                value = row[at + 2]
+                if value is not None:
+                    into[at] += value
+                    into[at + 1] += 1
+                    into[at + 2] = value if into[at + 2] is None else min(into[at + 2], value)
+                    into[at + 3] = value if into[at + 3] is None else max(into[at + 3], value)
+        return [tuple(row) for row in merged.values()]
+
+    def extract(
+        self, data: object, moment: int, subject: str, seq: int
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...], str | None]:
+        """The facts row, the rollup row and the validation errors of one event."""
+        raw = [read_path(data, steps) for steps in self.path_steps]
+        values: list[Any] = []
+        for at, role in self._plan:
+            value = raw[at]
+            if role == "g":
+                values.append(group_text(value))
+            elif value is MISSING:
+                values.append(None)
+            else:
+                values.append(as_number(value) if role == "n" else unique_text(value))
+        roll: list[Any] = [moment // _HOUR * _HOUR, subject]
+        for at in self._group_at:
+            value = values[at]
+            roll.append(_NO_GROUP if value is None else value)
+        roll.append(1)
+        for at in self._number_at:
+            value = values[at]
+            roll += (value or 0.0, 0 if value is None else 1, value, value)
+        errors = [
+            value_error(meter, raw[path_at])
+            for meter, column, path_at in self._checks
+            if values[column] is None
+        ]
+        return (
+            (seq, moment, subject, *values),
+            tuple(roll),
+            "; ".join(e for e in errors if e) or None,
+        )
+
+
 class Store:
     """Events and meters in one SQLite file (WAL). Writes from one thread at a time."""
 
@@ -102,19 +268,26 @@ class Store:
         self._local = threading.local()
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
-        self.meters: dict[str, StoredMeter] = {}
         self.received = 0
         """Events received by this process, duplicates included."""
         self.duplicates = 0
         """Events received by this process that were already stored (dropped)."""
-        for slug, meter_id, body, created, updated, table in self._writer.execute(
-            "SELECT slug, id, body, created_at, updated_at, value_table FROM meters"
+        self.meters: dict[str, StoredMeter] = {}
+        for slug, meter_id, body, created, updated in self._writer.execute(
+            "SELECT slug, id, body, created_at, updated_at FROM meters"
         ):
             self.meters[slug] = StoredMeter(
-                meter_from_json(json.loads(body)), meter_id, created, updated, table
+                meter_from_json(json.loads(body)), meter_id, created, updated
             )
-        self._by_type: dict[str, list[StoredMeter]] = {}
-        self._index_meters()
+        self.layouts: dict[str, Layout] = {}
+        for event_type, tag, columns in self._writer.execute(
+            "SELECT event_type, tag, columns FROM layouts"
+        ):
+            self.layouts[event_type] = Layout(
+                event_type, tag, [Column(**c) for c in json.loads(columns)]
+            )
+        self._attach_meters()
+        self._repair()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -123,7 +296,7 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA cache_size=-131072")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -134,11 +307,29 @@ class Store:
             self._local.conn = conn
         return conn
 
-    def _index_meters(self) -> None:
-        by_type: dict[str, list[StoredMeter]] = {}
-        for stored in self.meters.values():
-            by_type.setdefault(stored.meter.event_type, []).append(stored)
-        self._by_type = by_type
+    def _repair(self) -> None:
+        """Rebuild the tables of any layout whose tables are missing (older files)."""
+        tables = {
+            row[0]
+            for row in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        for event_type, layout in list(self.layouts.items()):
+            if {layout.facts, *layout.rollups.values()} <= tables:
+                continue
+            with self._write_lock:
+                self._writer.execute("BEGIN IMMEDIATE")
+                for table in (layout.facts, *layout.rollups.values()):
+                    self._writer.execute(f"DROP TABLE IF EXISTS {table}")
+                del self.layouts[event_type]
+                self._relayout(event_type)
+                self._writer.execute("COMMIT")
+        self._attach_meters()
+
+    def _attach_meters(self) -> None:
+        for layout in self.layouts.values():
+            layout.meters = [
+                m.meter for m in self.meters.values() if m.meter.event_type == layout.event_type
+            ]
 
     def close(self) -> None:
         """Close the writer connection."""
@@ -147,7 +338,7 @@ class Store:
     # -- meters ------------------------------------------------------------------------
 
     def create_meter(self, meter: Meter, *, replace: bool = False) -> StoredMeter:
-        """Add a meter and fill its values from the events already stored."""
+        """Add a meter; its values are filled from the events already stored."""
         with self._write_lock:
             existing = self.meters.get(meter.slug)
             if existing is not None:
@@ -156,60 +347,108 @@ class Store:
                 if not replace:
                     raise MeterExists(f"meter {meter.slug!r} already exists")
             now = time.time()
-            table = f"mv_{new_ulid().lower()}"
-            columns = "".join(f", g{i} TEXT" for i in range(len(meter.group_by)))
+            stored = StoredMeter(
+                meter,
+                existing.id if existing else new_ulid(now),
+                existing.created_at if existing else now,
+                now,
+            )
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(
-                    f"CREATE TABLE {table} (time INTEGER NOT NULL, subject TEXT NOT NULL, "
-                    f"value REAL, text TEXT, seq INTEGER NOT NULL{columns})"
+                    "INSERT OR REPLACE INTO meters (slug, id, body, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (meter.slug, stored.id, json.dumps(meter.to_create()), stored.created_at, now),
                 )
-                conn.execute(f"CREATE INDEX {table}_time ON {table} (time)")
-                stored = StoredMeter(
-                    meter,
-                    existing.id if existing else new_ulid(now),
-                    existing.created_at if existing else now,
-                    now,
-                    table,
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO meters (slug, id, body, created_at, updated_at, "
-                    "value_table) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        meter.slug,
-                        stored.id,
-                        json.dumps(meter.to_create()),
-                        stored.created_at,
-                        now,
-                        table,
-                    ),
-                )
-                if existing is not None:
-                    conn.execute(f"DROP TABLE {existing.table}")
-                self._backfill(stored)
+                self.meters[meter.slug] = stored
+                self._relayout(meter.event_type)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self.meters.pop(meter.slug, None)
+                if existing is not None:
+                    self.meters[meter.slug] = existing
                 raise
-            self.meters[meter.slug] = stored
-            self._index_meters()
+            self._attach_meters()
             return stored
 
-    def _backfill(self, stored: StoredMeter) -> None:
-        rows = self._writer.execute(
+    def _relayout(self, event_type: str) -> None:
+        """Make the facts and rollup tables of a type fit its meters, and refill them."""
+        meters = [m.meter for m in self.meters.values() if m.meter.event_type == event_type]
+        current = self.layouts.get(event_type)
+        wanted = _wanted(meters)
+        if current is not None and set(wanted) <= set(current.by_key):
+            current.meters = meters
+            current.plan()
+            self._refresh_errors(current)
+            return
+        columns = list(current.columns) if current else []
+        have = {(c.role, c.path) for c in columns}
+        for role, path in wanted:
+            if (role, path) not in have:
+                columns.append(Column(role, path, f"{role}{len(columns)}"))
+        tag = new_ulid().lower()
+        layout = Layout(event_type, tag, columns)
+        layout.meters = meters
+        layout.plan()
+        conn = self._writer
+        types = {"g": "TEXT", "n": "REAL", "s": "TEXT"}
+        defs = "".join(f", {c.name} {types[c.role]}" for c in columns)
+        conn.execute(
+            f"CREATE TABLE {layout.facts} (seq INTEGER PRIMARY KEY, "
+            f"time INTEGER NOT NULL, subject TEXT NOT NULL{defs})"
+        )
+        conn.execute(f"CREATE INDEX {layout.facts}_time ON {layout.facts} (time)")
+        groups = "".join(f", {c.name} TEXT NOT NULL" for c in layout.groups)
+        stats = "".join(
+            f", sum_{c.name} REAL NOT NULL, cnt_{c.name} INTEGER NOT NULL, "
+            f"min_{c.name} REAL, max_{c.name} REAL"
+            for c in layout.numbers
+        )
+        key = ", ".join(["hour", "subject", *[c.name for c in layout.groups]])
+        for table in layout.rollups.values():
+            conn.execute(
+                f"CREATE TABLE {table} (hour INTEGER NOT NULL, subject TEXT NOT NULL"
+                f"{groups}, rows INTEGER NOT NULL{stats}, PRIMARY KEY ({key})) WITHOUT ROWID"
+            )
+        if current is not None:
+            for table in (current.facts, *current.rollups.values()):
+                conn.execute(f"DROP TABLE {table}")
+        conn.execute(
+            "INSERT OR REPLACE INTO layouts (event_type, tag, columns) VALUES (?, ?, ?)",
+            (event_type, tag, json.dumps([c.__dict__ for c in columns])),
+        )
+        self.layouts[event_type] = layout
+        self._refill(layout)
+
+    def _refill(self, layout: Layout) -> None:
+        conn = self._writer
+        facts, rollups, errors = [], [], []
+        rows = conn.execute(
             "SELECT rowid, subject, time, body FROM events WHERE type = ? ORDER BY rowid",
-            (stored.meter.event_type,),
-        ).fetchall()
-        values = []
+            (layout.event_type,),
+        )
         for rowid, subject, moment, body in rows:
-            if not _applies(stored.meter, moment):
-                continue
-            found = extract(stored.meter, json.loads(body).get("data"))
-            if isinstance(found, Extracted):
-                values.append(_value_row(moment, subject, rowid, found))
-        if values:
-            self._writer.executemany(_insert_sql(stored), values)
+            fact, rollup, error = layout.extract(
+                json.loads(body).get("data"), moment, subject, rowid
+            )
+            facts.append(fact)
+            rollups.append(rollup)
+            errors.append((error, rowid))
+        conn.executemany(layout.facts_sql(), facts)
+        layout.write_rollups(conn, rollups)
+        conn.executemany("UPDATE events SET validation_error = ? WHERE rowid = ?", errors)
+
+    def _refresh_errors(self, layout: Layout) -> None:
+        conn = self._writer
+        updates = []
+        for rowid, body in conn.execute(
+            "SELECT rowid, body FROM events WHERE type = ?", (layout.event_type,)
+        ):
+            _, _, error = layout.extract(json.loads(body).get("data"), 0, "", rowid)
+            updates.append((error, rowid))
+        conn.executemany("UPDATE events SET validation_error = ? WHERE rowid = ?", updates)
 
     # -- events ------------------------------------------------------------------------
 
@@ -221,60 +460,69 @@ class Store:
         :class:`IngestError` naming its position.
         """
         moment = time.time() if now is None else now
+        valid = []
+        failure: IngestError | None = None
+        for position, raw in enumerate(events):
+            try:
+                valid.append(validate_event(raw, moment))
+            except IngestError as exc:
+                where = f"event {position}" if len(events) > 1 else "event"
+                event_id = raw.get("id") if isinstance(raw, dict) else None
+                label = f"{where} (id {event_id!r})" if event_id else where
+                failure = IngestError(f"{label}: {exc.detail}")
+                break
         added = 0
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for position, raw in enumerate(events):
-                    try:
-                        valid = validate_event(raw, moment)
-                    except IngestError as exc:
-                        where = f"event {position}" if len(events) > 1 else "event"
-                        event_id = raw.get("id") if isinstance(raw, dict) else None
-                        label = f"{where} (id {event_id!r})" if event_id else where
-                        raise IngestError(f"{label}: {exc.detail}") from None
-                    new = self._insert(valid.body, valid.time, moment)
-                    added += new
+                facts: dict[str, list[tuple[Any, ...]]] = {}
+                rollups: dict[str, list[tuple[Any, ...]]] = {}
+                errors = []
+                for item in valid:
+                    body = item.body
+                    cursor = conn.execute(
+                        "INSERT INTO events (source, id, type, subject, time, ingested_at, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
+                        (
+                            body["source"],
+                            body["id"],
+                            body["type"],
+                            body["subject"],
+                            item.time,
+                            moment,
+                            _ENCODE(body),
+                        ),
+                    )
                     self.received += 1
-                    self.duplicates += 1 - new
+                    if cursor.rowcount == 0:
+                        self.duplicates += 1
+                        continue
+                    added += 1
+                    layout = self.layouts.get(body["type"])
+                    if layout is None:
+                        continue
+                    rowid = cursor.lastrowid or 0
+                    fact, rollup, error = layout.extract(
+                        body.get("data"), item.time, body["subject"], rowid
+                    )
+                    facts.setdefault(layout.event_type, []).append(fact)
+                    rollups.setdefault(layout.event_type, []).append(rollup)
+                    if error:
+                        errors.append((error, rowid))
+                for event_type, rows in facts.items():
+                    layout = self.layouts[event_type]
+                    conn.executemany(layout.facts_sql(), rows)
+                    layout.write_rollups(conn, rollups[event_type])
+                if errors:
+                    conn.executemany(
+                        "UPDATE events SET validation_error = ? WHERE rowid = ?", errors
+                    )
             finally:
                 conn.execute("COMMIT")
+        if failure is not None:
+            raise failure
         return added
-
-    def _insert(self, body: dict[str, Any], moment: int, ingested_at: float) -> int:
-        conn = self._writer
-        cursor = conn.execute(
-            "INSERT INTO events (source, id, type, subject, time, ingested_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
-            (
-                body["source"],
-                body["id"],
-                body["type"],
-                body["subject"],
-                moment,
-                ingested_at,
-                json.dumps(body, separators=(",", ":")),
-            ),
-        )
-        if cursor.rowcount == 0:
-            return 0
-        rowid = cursor.lastrowid
-        errors = []
-        data = body.get("data")
-        for stored in self._by_type.get(body["type"], ()):
-            if not _applies(stored.meter, moment):
-                continue
-            found = extract(stored.meter, data)
-            if isinstance(found, str):
-                errors.append(found)
-                continue
-            conn.execute(_insert_sql(stored), _value_row(moment, body["subject"], rowid, found))
-        if errors:
-            conn.execute(
-                "UPDATE events SET validation_error = ? WHERE rowid = ?", ("; ".join(errors), rowid)
-            )
-        return 1
 
     def list_events(
         self,
@@ -334,15 +582,30 @@ class Store:
 
     # -- queries -----------------------------------------------------------------------
 
+    def _meter_scope(self, meter: Meter) -> tuple[Layout | None, list[str], list[Any]]:
+        layout = self.layouts.get(meter.event_type)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if layout is not None and meter.value_property is not None:
+            role = "s" if meter.aggregation == "UNIQUE_COUNT" else "n"
+            clauses.append(f"{layout.column(role, meter.value_property).name} IS NOT NULL")
+        if meter.event_from is not None:
+            clauses.append("time >= ?")
+            params.append(int(parse_rfc3339(meter.event_from).timestamp()))
+        return layout, clauses, params
+
     def subjects(self, slug: str, start: int | None = None, end: int | None = None) -> list[str]:
         """Distinct subjects with values for a meter."""
-        stored = self.meters[slug]
-        clauses, params = _time_clauses(start, end)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        layout, clauses, params = self._meter_scope(self.meters[slug].meter)
+        if layout is None:
+            return []
+        more, more_params = _time_clauses(start, end)
+        where = _where(clauses + more)
         rows = (
             self._reader()
             .execute(
-                f"SELECT DISTINCT subject FROM {stored.table} {where} ORDER BY subject", params
+                f"SELECT DISTINCT subject FROM {layout.facts} {where} ORDER BY subject",
+                params + more_params,
             )
             .fetchall()
         )
@@ -350,78 +613,174 @@ class Store:
 
     def query(self, slug: str, query: Query, now: float | None = None) -> dict[str, Any]:
         """Run a meter query; returns OpenMeter's ``MeterQueryResult``."""
-        stored = self.meters[slug]
-        meter = stored.meter
+        meter = self.meters[slug].meter
+        layout, scope, scope_params = self._meter_scope(meter)
+        if layout is None:
+            return _result(query, [])
         tz = zone(query.time_zone)
-        keys = list(meter.group_by)
         conn = self._reader()
-        clauses, params = _time_clauses(query.start, query.end)
-        if query.subjects:
-            clauses.append(f"subject IN ({','.join('?' * len(query.subjects))})")
-            params += query.subjects
-        for key, values in query.filter_group_by.items():
-            clauses.append(f"g{keys.index(key)} IN ({','.join('?' * len(values))})")
-            params += values
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-
         by_subject = "subject" in query.group_by or bool(query.subjects)
         group_keys = [key for key in query.group_by if key != "subject"]
+        group_cols = {key: layout.column("g", path).name for key, path in meter.group_by.items()}
+
+        time_clauses, time_params = _time_clauses(query.start, query.end)
+        filters: list[str] = []
+        filter_params: list[Any] = []
+        if query.subjects:
+            filters.append(f"subject IN ({','.join('?' * len(query.subjects))})")
+            filter_params += query.subjects
+        for key, values in query.filter_group_by.items():
+            filters.append(f"{group_cols[key]} IN ({','.join('?' * len(values))})")
+            filter_params += values
+
+        # The data's time span, through the time index (for the zone's offsets).
+        span_where = _where(time_clauses)
+        first = conn.execute(
+            f"SELECT time FROM {layout.facts} {span_where} ORDER BY time LIMIT 1", time_params
+        ).fetchone()
+        if first is None:
+            return _result(query, [])
+        last = conn.execute(
+            f"SELECT time FROM {layout.facts} {span_where} ORDER BY time DESC LIMIT 1", time_params
+        ).fetchone()
+        bounds = (first[0], last[0])
+        earliest_sql = (
+            f"SELECT time FROM {layout.facts} "
+            f"{_where(scope + time_clauses + filters)} ORDER BY time LIMIT 1"
+        )
+        earliest_params = scope_params + time_params + filter_params
+        granularity = _rollup_granularity(meter, query, tz, bounds[0], bounds[1])
+        use_rollup = granularity is not None
+        table = layout.rollups[granularity] if granularity else layout.facts
+        time_column = "(hour)" if use_rollup else "time"
+        if use_rollup:
+            time_clauses, time_params = _time_clauses(query.start, query.end, "hour")
+            scope, scope_params = [], []
+            if meter.event_from is not None:
+                # eventFrom is whole seconds; a rollup only fits when it is aligned to it.
+                scope = ["hour >= ?"]
+                scope_params = [int(parse_rfc3339(meter.event_from).timestamp())]
         select: list[str] = []
         select_params: list[Any] = []
         if query.window_size:
-            bounds = conn.execute(
-                f"SELECT MIN(time), MAX(time) FROM {stored.table} {where}", params
-            ).fetchone()
-            if bounds[0] is None:
-                return _result(query, [])
-            local, local_params = local_seconds_sql(tz, bounds[0], bounds[1] + 1)
+            local, local_params = local_seconds_sql(tz, bounds[0], bounds[1] + 1, time_column)
             select.append(window_key_sql(query.window_size, local))
             select_params += local_params
         else:
             select.append("0")
         if by_subject:
             select.append("subject")
-        select += [f"g{keys.index(key)}" for key in group_keys]
+        select += [group_cols[key] for key in group_keys]
+        aggregate, having = _aggregate_sql(meter, layout, use_rollup)
         grouping = ", ".join(str(i + 1) for i in range(len(select)))
         sql = (
-            f"SELECT {', '.join(select)}, {_aggregate_sql(meter.aggregation)} "
-            f"FROM {stored.table} {where} GROUP BY {grouping}"
+            f"SELECT {', '.join(select)}, {aggregate} FROM {table} "
+            f"{_where(scope + time_clauses + filters)} GROUP BY {grouping} {having} "
+            f"ORDER BY {grouping}"
         )
-        rows = conn.execute(sql, [*select_params, *params]).fetchall()
+        rows = conn.execute(
+            sql, [*select_params, *scope_params, *time_params, *filter_params]
+        ).fetchall()
+        return _result(
+            query,
+            _rows(
+                rows,
+                query,
+                tz,
+                by_subject,
+                group_keys,
+                lambda: int(conn.execute(earliest_sql, earliest_params).fetchone()[0]),
+                time.time() if now is None else now,
+            ),
+        )
 
-        result_rows = []
-        moment = time.time() if now is None else now
-        if not query.window_size and rows:
-            earliest = conn.execute(
-                f"SELECT MIN(time) FROM {stored.table} {where}", params
-            ).fetchone()[0]
-            start_text = format_rfc3339(query.start if query.start is not None else earliest)
-            end_text = format_rfc3339(query.end if query.end is not None else int(moment))
-        for row in rows:
-            key, rest = row[0], list(row[1:])
-            subject = rest.pop(0) if by_subject else None
-            groups = {name: rest.pop(0) for name in group_keys}
-            value = rest.pop(0)
-            if query.window_size:
-                window_start, window_end = window_bounds(query.window_size, key, tz)
-                start_text, end_text = format_rfc3339(window_start), format_rfc3339(window_end)
-            result_rows.append(
-                {
-                    "value": float(value or 0),
-                    "windowStart": start_text,
-                    "windowEnd": end_text,
-                    "subject": subject,
-                    "groupBy": groups,
-                }
-            )
-        result_rows.sort(
-            key=lambda r: (
-                r["windowStart"],
-                r["subject"] or "",
-                json.dumps(r["groupBy"], sort_keys=True),
-            )
+
+def _rollup_granularity(meter: Meter, query: Query, tz: Any, first: int, last: int) -> int | None:
+    """The coarsest rollup (day, hour) that answers this query exactly, or None."""
+    if meter.aggregation in ("LATEST", "UNIQUE_COUNT") or query.window_size == "MINUTE":
+        return None
+    offsets = None
+    for granularity in (_DAY, _HOUR):
+        if granularity == _DAY and query.window_size == "HOUR":
+            continue
+        edges = [query.start, query.end]
+        if meter.event_from is not None:
+            edges.append(int(parse_rfc3339(meter.event_from).timestamp()))
+        if any(edge is not None and edge % granularity for edge in edges):
+            continue
+        if query.window_size is None:
+            return granularity
+        if offsets is None:
+            offsets = [offset for _, offset in offset_segments(tz, first, last + 1)]
+        if all(offset % granularity == 0 for offset in offsets):
+            return granularity
+    return None
+
+
+def _aggregate_sql(meter: Meter, layout: Layout, rollup: bool) -> tuple[str, str]:
+    """The aggregate column (and HAVING clause) of a meter's query."""
+    aggregation = meter.aggregation
+    if aggregation == "COUNT":
+        return ("SUM(rows)" if rollup else "COUNT(*)"), ""
+    role = "s" if aggregation == "UNIQUE_COUNT" else "n"
+    column = layout.column(role, meter.value_property or "").name
+    if rollup:
+        having = f"HAVING SUM(cnt_{column}) > 0"
+        return {
+            "SUM": f"SUM(sum_{column})",
+            "AVG": f"SUM(sum_{column}) / SUM(cnt_{column})",
+            "MIN": f"MIN(min_{column})",
+            "MAX": f"MAX(max_{column})",
+        }[aggregation], having
+    return {
+        "SUM": f"SUM({column})",
+        "AVG": f"AVG({column})",
+        "MIN": f"MIN({column})",
+        "MAX": f"MAX({column})",
+        "UNIQUE_COUNT": f"COUNT(DISTINCT {column})",
+        # SQLite takes a bare column from the row that holds the one MAX(): the latest
+        # event's value, ties in whole seconds going to the later ingested.
+        "LATEST": f"{column}, MAX(time * 4294967296 + seq)",
+    }[aggregation], ""
+
+
+def _rows(
+    rows: list[tuple[Any, ...]],
+    query: Query,
+    tz: Any,
+    by_subject: bool,
+    group_keys: list[str],
+    earliest: Callable[[], int],
+    now: float,
+) -> list[dict[str, Any]]:
+    windows: dict[Any, tuple[str, str]] = {}
+    if not query.window_size and rows:
+        windows[0] = (
+            format_rfc3339(query.start if query.start is not None else earliest()),
+            format_rfc3339(query.end if query.end is not None else int(now)),
         )
-        return _result(query, result_rows)
+    first_group = 2 if by_subject else 1
+    last_group = first_group + len(group_keys)
+    result: list[dict[str, Any]] = []
+    for row in rows:  # already ordered by window, subject and groups in SQL
+        span = windows.get(row[0])
+        if span is None:
+            assert query.window_size is not None
+            start, end = window_bounds(query.window_size, row[0], tz)
+            span = windows[row[0]] = (format_rfc3339(start), format_rfc3339(end))
+        values = row[first_group:last_group]
+        if _NO_GROUP in values:
+            values = tuple(None if v == _NO_GROUP else v for v in values)
+        result.append(
+            {
+                "value": float(row[last_group] or 0),
+                "windowStart": span[0],
+                "windowEnd": span[1],
+                "subject": row[1] if by_subject else None,
+                "groupBy": dict(zip(group_keys, values, strict=True)),
+            }
+        )
+    return result
 
 
 def _result(query: Query, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -435,49 +794,22 @@ def _result(query: Query, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _aggregate_sql(aggregation: str) -> str:
-    return {
-        "SUM": "SUM(value)",
-        "COUNT": "COUNT(*)",
-        "AVG": "AVG(value)",
-        "MIN": "MIN(value)",
-        "MAX": "MAX(value)",
-        "UNIQUE_COUNT": "COUNT(DISTINCT text)",
-        # SQLite takes a bare column from the row that holds the one MAX(): the latest
-        # event's value, ties in whole seconds going to the later ingested.
-        "LATEST": "value, MAX(time * 4294967296 + seq)",
-    }[aggregation]
+def _where(clauses: list[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
-def _time_clauses(start: int | None, end: int | None) -> tuple[list[str], list[Any]]:
+def _time_clauses(
+    start: int | None, end: int | None, column: str = "time"
+) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if start is not None:
-        clauses.append("time >= ?")
+        clauses.append(f"{column} >= ?")
         params.append(start)
     if end is not None:
-        clauses.append("time < ?")
+        clauses.append(f"{column} < ?")
         params.append(end)
     return clauses, params
-
-
-def _applies(meter: Meter, moment: int) -> bool:
-    if meter.event_from is None:
-        return True
-    return moment >= parse_rfc3339(meter.event_from).timestamp()
-
-
-def _insert_sql(stored: StoredMeter) -> str:
-    groups = len(stored.meter.group_by)
-    columns = "".join(f", g{i}" for i in range(groups))
-    return (
-        f"INSERT INTO {stored.table} (time, subject, value, text, seq{columns}) "
-        f"VALUES (?, ?, ?, ?, ?{', ?' * groups})"
-    )
-
-
-def _value_row(moment: int, subject: str, rowid: int | None, found: Extracted) -> tuple[Any, ...]:
-    return (moment, subject, found.value, found.text, rowid or 0, *found.groups)
 
 
 def seconds(text: str | None, name: str) -> int | None:

@@ -1,0 +1,161 @@
+"""Delivery benchmarks: hook time with the endpoint healthy, slow and down; events/s the
+sender delivers; memory and outbox size with 1,000,000 events waiting.
+
+Run: python benchmarks/bench_delivery.py [--hooks 20000] [--drain 200000] [--backlog 1000000]
+Prints one JSON object with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from litellm_openmeter import OpenMeterLogger  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE.parent / "tests" / "fixtures" / "openai_cached.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def sink(delay: float = 0.0) -> Iterator[str]:
+    """A 204 endpoint in its own process; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "READY"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def hook_kwargs(index: int, template: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(template)
+    kwargs["litellm_call_id"] = f"bench-{index}"
+    kwargs["user"] = f"customer-{index % 100}"
+    return kwargs
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_hooks(count: int, endpoint: str, folder: Path, label: str) -> dict[str, Any]:
+    template = json.loads(FIXTURE.read_text())
+    logger = OpenMeterLogger(api_key="bench", endpoint=endpoint, http_timeout=5.0,
+                             outbox_path=folder / f"hooks-{label}.sqlite3")
+    calls = [hook_kwargs(index, template) for index in range(count)]
+    timings = []
+    for kwargs in calls:
+        started = time.perf_counter_ns()
+        logger.log_success_event(kwargs, None, None, None)
+        timings.append((time.perf_counter_ns() - started) / 1000)
+    stats = logger.stats()
+    logger.close(timeout=2)
+    return {"state": label, "hooks": count, "p50_us": round(percentile(timings, 0.5), 1),
+            "p99_us": round(percentile(timings, 0.99), 1), "max_us": round(max(timings), 1),
+            "delivered_meanwhile": stats["delivered"], "queued_after": stats["queued"]}
+
+
+def bench_drain(count: int, folder: Path) -> dict[str, Any]:
+    template = json.loads(FIXTURE.read_text())
+    path = folder / "drain.sqlite3"
+    filler = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
+                             outbox_path=path, flush_interval=3600, batch_size=100_000)
+    for index in range(count):
+        filler.record_call(hook_kwargs(index, template), success=True)
+    filler.sender.stop(1)
+    filler.outbox.close()
+    results = {}
+    for batch in (100, 500):
+        with sink() as url:
+            if batch == 500:  # refill: the first run emptied the outbox
+                refill = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
+                                         outbox_path=path, flush_interval=3600, batch_size=100_000)
+                for index in range(count):
+                    refill.record_call(hook_kwargs(count + index, template), success=True)
+                refill.sender.stop(1)
+                refill.outbox.close()
+            started = time.perf_counter()
+            logger = OpenMeterLogger(api_key="bench", endpoint=url, outbox_path=path,
+                                     batch_size=batch, flush_interval=0.05)
+            assert logger.flush(600)
+            elapsed = time.perf_counter() - started
+            logger.close(timeout=1)
+        results[f"batch_{batch}"] = {"events": count, "seconds": round(elapsed, 2),
+                                     "events_per_second": round(count / elapsed)}
+    return results
+
+
+def bench_backlog(count: int, folder: Path) -> dict[str, Any]:
+    template = json.loads(FIXTURE.read_text())
+    before = rss_mib()
+    logger = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
+                             outbox_path=folder / "backlog.sqlite3", retry_max_delay=5.0)
+    started = time.perf_counter()
+    for index in range(count):
+        logger.record_call(hook_kwargs(index, template), success=True)
+    elapsed = time.perf_counter() - started
+    stats = logger.stats()
+    files = sum(os.path.getsize(p) for p in folder.glob("backlog.sqlite3*"))
+    result = {"events_waiting": stats["queued"], "enqueue_seconds": round(elapsed, 1),
+              "rss_before_mib": round(before, 1), "rss_after_mib": round(rss_mib(), 1),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "outbox_bytes_counted": stats["outbox_bytes"], "outbox_file_bytes": files}
+    logger.sender.stop(1)
+    logger.outbox.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hooks", type=int, default=20_000)
+    parser.add_argument("--drain", type=int, default=200_000)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        hooks = []
+        with sink() as url:
+            hooks.append(bench_hooks(args.hooks, url, folder, "healthy"))
+        with sink(0.2) as url:
+            hooks.append(bench_hooks(args.hooks, url, folder, "slow_200ms"))
+        hooks.append(bench_hooks(args.hooks, f"http://127.0.0.1:{free_port()}", folder, "down"))
+        results = {"hook_time": hooks, "drain": bench_drain(args.drain, folder)}
+        if args.backlog:
+            results["backlog"] = bench_backlog(args.backlog, folder)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
