@@ -23,7 +23,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from litellm_openmeter import OpenMeterLogger  # noqa: E402
+from litellm_openmeter import OpenMeterLogger
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent / "tests" / "fixtures" / "openai_cached.json"
@@ -39,8 +39,11 @@ def free_port() -> int:
 def sink(delay: float = 0.0) -> Iterator[str]:
     """A 204 endpoint in its own process; yields its base URL."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "READY"
     try:
@@ -72,8 +75,12 @@ def rss_mib() -> float:
 
 def bench_hooks(count: int, endpoint: str, folder: Path, label: str) -> dict[str, Any]:
     template = json.loads(FIXTURE.read_text())
-    logger = OpenMeterLogger(api_key="bench", endpoint=endpoint, http_timeout=5.0,
-                             outbox_path=folder / f"hooks-{label}.sqlite3")
+    logger = OpenMeterLogger(
+        api_key="bench",
+        endpoint=endpoint,
+        http_timeout=5.0,
+        outbox_path=folder / f"hooks-{label}.sqlite3",
+    )
     calls = [hook_kwargs(index, template) for index in range(count)]
     timings = []
     for kwargs in calls:
@@ -82,16 +89,27 @@ def bench_hooks(count: int, endpoint: str, folder: Path, label: str) -> dict[str
         timings.append((time.perf_counter_ns() - started) / 1000)
     stats = logger.stats()
     logger.close(timeout=2)
-    return {"state": label, "hooks": count, "p50_us": round(percentile(timings, 0.5), 1),
-            "p99_us": round(percentile(timings, 0.99), 1), "max_us": round(max(timings), 1),
-            "delivered_meanwhile": stats["delivered"], "queued_after": stats["queued"]}
+    return {
+        "state": label,
+        "hooks": count,
+        "p50_us": round(percentile(timings, 0.5), 1),
+        "p99_us": round(percentile(timings, 0.99), 1),
+        "max_us": round(max(timings), 1),
+        "delivered_meanwhile": stats["delivered"],
+        "queued_after": stats["queued"],
+    }
 
 
 def bench_drain(count: int, folder: Path) -> dict[str, Any]:
     template = json.loads(FIXTURE.read_text())
     path = folder / "drain.sqlite3"
-    filler = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
-                             outbox_path=path, flush_interval=3600, batch_size=100_000)
+    filler = OpenMeterLogger(
+        api_key="bench",
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        outbox_path=path,
+        flush_interval=3600,
+        batch_size=100_000,
+    )
     for index in range(count):
         filler.record_call(hook_kwargs(index, template), success=True)
     filler.sender.stop(1)
@@ -100,38 +118,60 @@ def bench_drain(count: int, folder: Path) -> dict[str, Any]:
     for batch in (100, 500):
         with sink() as url:
             if batch == 500:  # refill: the first run emptied the outbox
-                refill = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
-                                         outbox_path=path, flush_interval=3600, batch_size=100_000)
+                refill = OpenMeterLogger(
+                    api_key="bench",
+                    endpoint=f"http://127.0.0.1:{free_port()}",
+                    outbox_path=path,
+                    flush_interval=3600,
+                    batch_size=100_000,
+                )
                 for index in range(count):
                     refill.record_call(hook_kwargs(count + index, template), success=True)
                 refill.sender.stop(1)
                 refill.outbox.close()
             started = time.perf_counter()
-            logger = OpenMeterLogger(api_key="bench", endpoint=url, outbox_path=path,
-                                     batch_size=batch, flush_interval=0.05)
+            logger = OpenMeterLogger(
+                api_key="bench",
+                endpoint=url,
+                outbox_path=path,
+                batch_size=batch,
+                flush_interval=0.05,
+            )
             assert logger.flush(600)
             elapsed = time.perf_counter() - started
             logger.close(timeout=1)
-        results[f"batch_{batch}"] = {"events": count, "seconds": round(elapsed, 2),
-                                     "events_per_second": round(count / elapsed)}
+        results[f"batch_{batch}"] = {
+            "events": count,
+            "seconds": round(elapsed, 2),
+            "events_per_second": round(count / elapsed),
+        }
     return results
 
 
 def bench_backlog(count: int, folder: Path) -> dict[str, Any]:
     template = json.loads(FIXTURE.read_text())
     before = rss_mib()
-    logger = OpenMeterLogger(api_key="bench", endpoint=f"http://127.0.0.1:{free_port()}",
-                             outbox_path=folder / "backlog.sqlite3", retry_max_delay=5.0)
+    logger = OpenMeterLogger(
+        api_key="bench",
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        outbox_path=folder / "backlog.sqlite3",
+        retry_max_delay=5.0,
+    )
     started = time.perf_counter()
     for index in range(count):
         logger.record_call(hook_kwargs(index, template), success=True)
     elapsed = time.perf_counter() - started
     stats = logger.stats()
     files = sum(os.path.getsize(p) for p in folder.glob("backlog.sqlite3*"))
-    result = {"events_waiting": stats["queued"], "enqueue_seconds": round(elapsed, 1),
-              "rss_before_mib": round(before, 1), "rss_after_mib": round(rss_mib(), 1),
-              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              "outbox_bytes_counted": stats["outbox_bytes"], "outbox_file_bytes": files}
+    result = {
+        "events_waiting": stats["queued"],
+        "enqueue_seconds": round(elapsed, 1),
+        "rss_before_mib": round(before, 1),
+        "rss_after_mib": round(rss_mib(), 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "outbox_bytes_counted": stats["outbox_bytes"],
+        "outbox_file_bytes": files,
+    }
     logger.sender.stop(1)
     logger.outbox.close()
     return result

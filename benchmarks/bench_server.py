@@ -31,14 +31,24 @@ def make_event(index: int, start: int, span: int, rng: random.Random) -> dict[st
     cached = rng.randint(0, prompt // 2)
     completion = rng.randint(1, 800)
     return {
-        "specversion": "1.0", "type": "litellm_tokens", "id": f"bench-{index}",
-        "source": "bench", "subject": f"customer-{rng.randint(1, 200)}",
+        "specversion": "1.0",
+        "type": "litellm_tokens",
+        "id": f"bench-{index}",
+        "source": "bench",
+        "subject": f"customer-{rng.randint(1, 200)}",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + rng.randint(0, span))),
-        "data": {"model": rng.choice(MODELS), "cost": round(rng.random() / 100, 8),
-                 "prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion, "cache_read_tokens": cached,
-                 "cache_creation_tokens": 0, "reasoning_tokens": 0, "provider": "openai",
-                 "call_type": "completion"},
+        "data": {
+            "model": rng.choice(MODELS),
+            "cost": round(rng.random() / 100, 8),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "cache_read_tokens": cached,
+            "cache_creation_tokens": 0,
+            "reasoning_tokens": 0,
+            "provider": "openai",
+            "call_type": "completion",
+        },
     }
 
 
@@ -58,9 +68,19 @@ def bench_ingest(total: int, batch: int, clients: int, folder: Path) -> dict[str
     """Events/s into `litellm-openmeter serve` (its own process) over HTTP."""
     port = 18000 + random.randint(0, 999)
     server = subprocess.Popen(
-        [sys.executable, "-m", "litellm_openmeter.cli", "serve", "--port", str(port),
-         "--db", str(folder / f"ingest-{batch}.sqlite3")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "litellm_openmeter.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(folder / f"ingest-{batch}.sqlite3"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_up(url)
@@ -77,8 +97,11 @@ def bench_ingest(total: int, batch: int, clients: int, folder: Path) -> dict[str
         def send(mine: list[bytes]) -> None:
             with httpx.Client(base_url=url, timeout=60) as http:
                 for body in mine:
-                    response = http.post("/api/v1/events", content=body, headers={
-                        "content-type": "application/cloudevents-batch+json"})
+                    response = http.post(
+                        "/api/v1/events",
+                        content=body,
+                        headers={"content-type": "application/cloudevents-batch+json"},
+                    )
                     if response.status_code != 204:
                         errors.append(response.text)
 
@@ -90,9 +113,15 @@ def bench_ingest(total: int, batch: int, clients: int, folder: Path) -> dict[str
             thread.join()
         elapsed = time.perf_counter() - began
         stored = httpx.get(f"{url}/api/v1/meters/litellm_tokens_calls/query").json()["data"]
-        return {"events": total, "batch": batch, "clients": clients, "seconds": round(elapsed, 3),
-                "events_per_second": round(total / elapsed), "errors": len(errors),
-                "stored": int(stored[0]["value"]) if stored else 0}
+        return {
+            "events": total,
+            "batch": batch,
+            "clients": clients,
+            "seconds": round(elapsed, 3),
+            "events_per_second": round(total / elapsed),
+            "errors": len(errors),
+            "stored": int(stored[0]["value"]) if stored else 0,
+        }
     finally:
         server.terminate()
         server.wait(30)
@@ -109,9 +138,11 @@ def bench_query(total: int, folder: Path) -> dict[str, Any]:
         store.ingest([make_event(offset + i, start, 30 * 86400, rng) for i in range(batch)])
     load_seconds = time.perf_counter() - began
     timings = {}
-    for slug, group in (("litellm_tokens_prompt_tokens", ["subject", "model"]),
-                        ("litellm_tokens_cost", ["subject", "model"]),
-                        ("litellm_tokens_calls", ["subject"])):
+    for slug, group in (
+        ("litellm_tokens_prompt_tokens", ["subject", "model"]),
+        ("litellm_tokens_cost", ["subject", "model"]),
+        ("litellm_tokens_calls", ["subject"]),
+    ):
         runs = []
         rows = 0
         for _ in range(5):
@@ -120,17 +151,26 @@ def bench_query(total: int, folder: Path) -> dict[str, Any]:
             runs.append(time.perf_counter() - t0)
             rows = len(result["data"])
         timings[f"{slug} by {'+'.join(group)} DAY"] = {
-            "median_seconds": round(sorted(runs)[2], 3), "best_seconds": round(min(runs), 3),
-            "rows": rows}
+            "median_seconds": round(sorted(runs)[2], 3),
+            "best_seconds": round(min(runs), 3),
+            "rows": rows,
+        }
     t0 = time.perf_counter()
-    store.query("litellm_tokens_prompt_tokens",
-                Query(window_size="DAY", time_zone="Europe/Berlin", group_by=["subject", "model"]))
+    store.query(
+        "litellm_tokens_prompt_tokens",
+        Query(window_size="DAY", time_zone="Europe/Berlin", group_by=["subject", "model"]),
+    )
     berlin = time.perf_counter() - t0
     size = os.path.getsize(folder / "query.sqlite3")
     store.close()
-    return {"events": total, "load_seconds": round(load_seconds, 1),
-            "load_events_per_second": round(total / load_seconds), "queries": timings,
-            "berlin_day_seconds": round(berlin, 3), "db_bytes": size}
+    return {
+        "events": total,
+        "load_seconds": round(load_seconds, 1),
+        "load_events_per_second": round(total / load_seconds),
+        "queries": timings,
+        "berlin_day_seconds": round(berlin, 3),
+        "db_bytes": size,
+    }
 
 
 def main() -> None:
@@ -140,8 +180,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         results = {
-            "ingest": [bench_ingest(args.events, batch, clients, Path(folder))
-                       for batch, clients in ((100, 2), (500, 2))],
+            "ingest": [
+                bench_ingest(args.events, batch, clients, Path(folder))
+                for batch, clients in ((100, 2), (500, 2))
+            ],
             "query": bench_query(args.query_events, Path(folder)),
         }
     print(json.dumps(results, indent=2))
