@@ -280,3 +280,26 @@ def test_prometheus_metrics(make_logger: Any, ingest: RecordingServer) -> None:
     assert f'litellm_openmeter_retried_total{{outbox="{path}"}}' in text
     assert "litellm_openmeter_delivered_total" in text and "litellm_openmeter_paused" in text
     assert "test-key" not in text
+
+
+def test_202_from_the_v3_path_counts_as_delivered(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    ingest.respond = lambda request: (202, {}, b"")
+    logger = make_logger()
+    ids = record(logger, 4)
+    assert logger.flush(10)
+    assert ingest.accepted_ids() == ids
+    assert logger.stats()["delivered"] == 4 and logger.stats()["retried"] == 0
+
+
+def test_backoff_is_not_cut_short_by_new_events(make_logger: Any, ingest: RecordingServer) -> None:
+    ingest.respond = lambda request: problem(503, "Service Unavailable", "down")
+    logger = make_logger(retry_max_delay=30.0, batch_size=2)
+    record(logger, 2)
+    wait_for(lambda: len(ingest.requests) >= 1, what="a first attempt")
+    started = len(ingest.requests)
+    record(logger, 50, prefix="more")  # each full batch wakes the sender...
+    # ...but during a backoff only flush() may end the wait: a burst of new events must
+    # not turn an outage into a stream of retries.
+    assert len(ingest.requests) <= started + 2

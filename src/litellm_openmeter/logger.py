@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -67,7 +68,7 @@ class OpenMeterLogger(CustomLogger):
         self._lock = threading.Lock()
         _live_loggers.add(self)
         metrics.register(lambda: list(_live_loggers))
-        if self.outbox.pending():
+        if not self.outbox.is_empty():
             self.sender.ensure_started()
 
     def __repr__(self) -> str:
@@ -149,9 +150,9 @@ class OpenMeterLogger(CustomLogger):
         stay in the outbox and are sent by the next process that opens it."""
         with self._lock:
             if self._closed:
-                return self.outbox.pending() == 0
+                return self.outbox.is_empty()
             self._closed = True
-        delivered = self.flush(timeout) if self.outbox.pending() else True
+        delivered = self.flush(timeout) if not self.outbox.is_empty() else True
         self.sender.stop(timeout=1.0)
         self.outbox.close()
         return delivered
@@ -237,6 +238,15 @@ class OpenMeterLogger(CustomLogger):
             record.model,
             record.call_id,
         )
+
+
+def _reset_after_fork() -> None:
+    for logger in list(_live_loggers):
+        logger._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _close_all_at_exit() -> None:

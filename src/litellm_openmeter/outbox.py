@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +159,9 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._recent: dict[tuple[str, str], None] = {}
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointer_pid = -1
+        _live_outboxes.add(self)
         self._prepare_file()
         with self._lock:
             self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
@@ -177,6 +181,7 @@ class Outbox:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the sender checkpoints instead
             self._conn = conn
             self._pid = os.getpid()
             self._recent = {}
@@ -203,12 +208,22 @@ class Outbox:
         with self._lock:
             yield self._connection()
 
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's lock and connection (another thread may have held them)."""
+        self._lock = threading.Lock()
+        self._conn = None
+        self._checkpointer = None
+        self._recent = {}
+
     def close(self) -> None:
         """Close this process's connection (reopened on next use)."""
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
+            if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
+                self._checkpointer.close()
             self._conn = None
+            self._checkpointer = None
 
     # -- writing -----------------------------------------------------------------
 
@@ -306,7 +321,7 @@ class Outbox:
                     )
             rows = conn.execute(
                 "SELECT seq, source, id, body, attempts FROM events "
-                "WHERE lease_until <= ? ORDER BY seq LIMIT ?",
+                "WHERE lease_until <= ? ORDER BY lease_until, seq LIMIT ?",
                 (now, limit),
             ).fetchall()
             if rows:
@@ -377,11 +392,36 @@ class Outbox:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
 
     def forget_delivered(self, older_than: float = DELIVERED_MEMORY_SECONDS) -> int:
-        """Drop remembered delivered ids older than ``older_than`` seconds."""
-        with self._transaction() as conn:
-            return conn.execute(
-                "DELETE FROM delivered WHERE delivered_at < ?", (time.time() - older_than,)
-            ).rowcount
+        """Drop remembered delivered ids older than ``older_than`` seconds.
+
+        In small transactions, so that hooks never wait long for the outbox.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        while True:
+            with self._transaction() as conn:
+                count = conn.execute(
+                    "DELETE FROM delivered WHERE (source, id) IN (SELECT source, id FROM "
+                    "delivered WHERE delivered_at < ? LIMIT 500)",
+                    (cutoff,),
+                ).rowcount
+            removed += count
+            if count < 500:
+                return removed
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database, on a connection of its own.
+
+        Hooks' commits never checkpoint (that could take milliseconds on the request
+        path); the sender thread calls this instead. A passive checkpoint does not
+        block writers, so hooks go on appending meanwhile.
+        """
+        if self._checkpointer is None or self._checkpointer_pid != os.getpid():
+            self._checkpointer = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._checkpointer_pid = os.getpid()
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- operators' side ------------------------------------------------------------
 
@@ -443,6 +483,11 @@ class Outbox:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM dead_letters").rowcount
 
+    def is_empty(self) -> bool:
+        """True when no event waits (cheap, unlike counting them)."""
+        with self._reading() as conn:
+            return conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None
+
     def pending(self) -> int:
         """Events waiting to be delivered, leased or not."""
         with self._reading() as conn:
@@ -458,7 +503,8 @@ class Outbox:
                 (now, limit),
             ).fetchone()[0]
             oldest = conn.execute(
-                "SELECT enqueued_at FROM events WHERE lease_until <= ? ORDER BY seq LIMIT 1",
+                "SELECT enqueued_at FROM events WHERE lease_until <= ? "
+                "ORDER BY lease_until, seq LIMIT 1",
                 (now,),
             ).fetchone()
         return count, (now - oldest[0]) if oldest else None
@@ -483,3 +529,15 @@ class Outbox:
             oldest_age_seconds=None if oldest is None else max(0.0, now - oldest),
             last_error=str(meta["last_error"]),
         )
+
+
+_live_outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for outbox in list(_live_outboxes):
+        outbox.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -59,6 +59,7 @@ class Sender:
         self.last_error = ""
         self._busy = False
         self._last_forget = 0.0
+        self._last_checkpoint = 0.0
         _live_senders.add(self)
 
     @property
@@ -98,11 +99,11 @@ class Sender:
         try:
             self._wake.set()
             while True:
-                if self.outbox.pending() == 0:
+                if self.outbox.is_empty():
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
-                    return self.outbox.pending() == 0
+                    return self.outbox.is_empty()
                 with self._idle:
                     self._idle.wait(min(remaining, 0.05))
         finally:
@@ -142,9 +143,35 @@ class Sender:
                 self._failures += 1
             with self._idle:
                 self._idle.notify_all()
-            if delay > 0:
-                self._wake.wait(delay)
-                self._wake.clear()
+            self._sleep(delay)
+
+    def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds. While delivery is healthy, new events or a flush end
+        the wait; a backoff after a failure (which may be the server's Retry-After) is
+        cut short by stop() alone."""
+        deadline = time.monotonic() + delay
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            woken = self._wake.wait(min(remaining, 1.0))
+            self._wake.clear()
+            self._checkpoint_now_and_then()
+            if self._stop.is_set():
+                return
+            if self._failures == 0 and (woken or self._flush_requests > 0):
+                return
+
+    def _checkpoint_now_and_then(self) -> None:
+        # Hooks never checkpoint the WAL (see Outbox.checkpoint); this keeps it short,
+        # also while an outage holds the thread in backoff.
+        now = time.monotonic()
+        if now - self._last_checkpoint >= 1.0:
+            self._last_checkpoint = now
+            try:
+                self.outbox.checkpoint()
+            except Exception as exc:  # a busy database: try again next time
+                log.debug("litellm-openmeter checkpoint skipped: %s", exc)
 
     def _flushing(self) -> bool:
         return self._flush_requests > 0 or self._stop.is_set()
@@ -155,6 +182,7 @@ class Sender:
         if now - self._last_forget > 60:
             self.outbox.forget_delivered()
             self._last_forget = now
+        self._checkpoint_now_and_then()
         size = self.settings.batch_size
         ready, oldest_age = self.outbox.ready(size)
         if ready == 0:

@@ -183,6 +183,10 @@ class Layout:
         """Precompute what :meth:`extract` does per column (it runs once per event)."""
         index = {path: n for n, path in enumerate(self.paths)}
         self._plan = [(index[c.path], c.role) for c in self.columns]
+        flat = [
+            steps[0] for steps in self.path_steps if len(steps) == 1 and isinstance(steps[0], str)
+        ]
+        self._flat = flat if len(flat) == len(self.path_steps) else None
         self._group_at = [n for n, c in enumerate(self.columns) if c.role == "g"]
         self._number_at = [n for n, c in enumerate(self.columns) if c.role == "n"]
         self._checks = []
@@ -226,7 +230,11 @@ class Layout:
         self, data: object, moment: int, subject: str, seq: int
     ) -> tuple[tuple[Any, ...], tuple[Any, ...], str | None]:
         """The facts row, the rollup row and the validation errors of one event."""
-        raw = [read_path(data, steps) for steps in self.path_steps]
+        if type(data) is dict and self._flat is not None:
+            get = data.get  # every path is a top-level key: the common case, fast
+            raw = [get(key, MISSING) for key in self._flat]
+        else:
+            raw = [read_path(data, steps) for steps in self.path_steps]
         values: list[Any] = []
         for at, role in self._plan:
             value = raw[at]

@@ -1,0 +1,73 @@
+"""Run every benchmark and keep the results: python benchmarks/run.py [--quick]
+
+Writes benchmarks/results/<name>.json (ignored by git); BENCHMARKS.md records the
+numbers of a full run with the machine and versions. ``--quick`` uses small sizes to
+check that the scripts work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+FULL = {
+    "server": ["--events", "200000", "--query-events", "1000000"],
+    "delivery": ["--hooks", "20000", "--drain", "200000", "--backlog", "1000000"],
+}
+QUICK = {
+    "server": ["--events", "5000", "--query-events", "20000"],
+    "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the scripts")
+    parser.add_argument(
+        "only", nargs="*", metavar="NAME", help=f"run only these: {', '.join(FULL)}"
+    )
+    args = parser.parse_args()
+    unknown = sorted(set(args.only) - set(FULL))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(FULL)}")
+    sizes = QUICK if args.quick else FULL
+    RESULTS.mkdir(exist_ok=True)
+    machine = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "litellm": version("litellm"),
+        "litellm_openmeter": version("litellm-openmeter"),
+        "httpx": version("httpx"),
+        "uvicorn": version("uvicorn"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (RESULTS / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    for name in args.only or list(sizes):
+        script = HERE / f"bench_{name}.py"
+        print(f"running {script.name} {' '.join(sizes[name])}", flush=True)
+        started = time.monotonic()
+        output = subprocess.run(
+            [sys.executable, str(script), *sizes[name]],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (RESULTS / f"{name}.json").write_text(output)
+        print(f"  done in {time.monotonic() - started:.0f}s -> {RESULTS / (name + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
