@@ -25,6 +25,8 @@ from typing import Any
 from .events import CloudEvent
 
 DELIVERED_MEMORY_SECONDS = 600.0
+WAL_RESTART_FRAMES = 8192
+"""WAL pages (32 MiB at 4 KiB) after which the sender truncates the WAL."""
 """How long delivered ids are remembered to drop late duplicates."""
 
 _SCHEMA = """
@@ -414,14 +416,20 @@ class Outbox:
 
         Hooks' commits never checkpoint (that could take milliseconds on the request
         path); the sender thread calls this instead. A passive checkpoint does not
-        block writers, so hooks go on appending meanwhile.
+        block writers. Under a steady stream of hooks it may never catch up with the
+        end of the WAL, which then never starts over; past ``WAL_RESTART_FRAMES`` a
+        truncating checkpoint, which holds writers back for its few milliseconds,
+        brings the file back to nothing.
         """
         if self._checkpointer is None or self._checkpointer_pid != os.getpid():
             self._checkpointer = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
+            self._checkpointer.execute("PRAGMA busy_timeout=2000")
             self._checkpointer_pid = os.getpid()
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _, frames, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames > WAL_RESTART_FRAMES:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- operators' side ------------------------------------------------------------
 
