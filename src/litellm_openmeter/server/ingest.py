@@ -4,11 +4,12 @@ validation. Pure functions."""
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 CONTENT_TYPES = (
     "application/cloudevents+json",
@@ -66,7 +67,7 @@ def parse_body(content_type: str | None, raw: bytes) -> list[Any]:
             "(without parameters)"
         )
     try:
-        parsed = json.loads(raw)
+        parsed = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise IngestError(f"malformed JSON body: {exc}") from None
     if content_type == "application/cloudevents+json":

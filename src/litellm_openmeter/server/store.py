@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..meters import (
     MISSING,
     Meter,
@@ -66,7 +68,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _NO_GROUP = "\x00"  # NULL stand-in in rollup keys (NULLs never conflict in SQLite keys)
 _HOUR = 3600
 _DAY = 86400
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE = orjson.dumps
 
 
 def new_ulid(now: float | None = None) -> str:
