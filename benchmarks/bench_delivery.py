@@ -100,9 +100,9 @@ def bench_hooks(count: int, endpoint: str, folder: Path, label: str) -> dict[str
     }
 
 
-def bench_drain(count: int, folder: Path) -> dict[str, Any]:
+def fill_offline(path: Path, first: int, count: int) -> None:
+    """Write ``count`` events into the outbox at ``path`` while the endpoint is down."""
     template = json.loads(FIXTURE.read_text())
-    path = folder / "drain.sqlite3"
     filler = OpenMeterLogger(
         api_key="bench",
         endpoint=f"http://127.0.0.1:{free_port()}",
@@ -110,25 +110,18 @@ def bench_drain(count: int, folder: Path) -> dict[str, Any]:
         flush_interval=3600,
         batch_size=100_000,
     )
-    for index in range(count):
+    for index in range(first, first + count):
         filler.record_call(hook_kwargs(index, template), success=True)
     filler.sender.stop(1)
     filler.outbox.close()
+
+
+def bench_drain(count: int, folder: Path) -> dict[str, Any]:
+    path = folder / "drain.sqlite3"
     results = {}
-    for batch in (100, 500):
+    for run, batch in enumerate((100, 500)):
+        fill_offline(path, run * count, count)
         with sink() as url:
-            if batch == 500:  # refill: the first run emptied the outbox
-                refill = OpenMeterLogger(
-                    api_key="bench",
-                    endpoint=f"http://127.0.0.1:{free_port()}",
-                    outbox_path=path,
-                    flush_interval=3600,
-                    batch_size=100_000,
-                )
-                for index in range(count):
-                    refill.record_call(hook_kwargs(count + index, template), success=True)
-                refill.sender.stop(1)
-                refill.outbox.close()
             started = time.perf_counter()
             logger = OpenMeterLogger(
                 api_key="bench",

@@ -123,3 +123,22 @@ def hook_kwargs(call_id: str, user: str = "user-1") -> dict[str, Any]:
     kwargs["litellm_call_id"] = call_id
     kwargs["user"] = user
     return kwargs
+
+
+def usage_response(
+    prompt: int = 100, completion: int = 50, cached: int = 40, reasoning: int | None = None
+) -> Any:
+    """A mock gpt-4o response whose usage reports cached (and reasoning) tokens."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return litellm.ModelResponse(
+        model="gpt-4o",
+        choices=[{"message": {"role": "assistant", "content": "ok"}}],
+        usage=litellm.Usage(**usage),
+    )

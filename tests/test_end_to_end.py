@@ -17,7 +17,7 @@ import pytest
 from litellm_openmeter import OpenMeterLogger
 from litellm_openmeter.server import BackgroundServer, open_store
 
-from conftest import free_port, wait_for
+from conftest import free_port, usage_response, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -39,16 +39,7 @@ def test_logger_into_local_server(tmp_path: Path, callbacks: list[Any], shape: s
             flush_interval=0.05,
         )
         callbacks.append(logger)
-        cached = litellm.ModelResponse(
-            model="gpt-4o",
-            choices=[{"message": {"role": "assistant", "content": "ok"}}],
-            usage=litellm.Usage(
-                prompt_tokens=100,
-                completion_tokens=50,
-                total_tokens=150,
-                prompt_tokens_details={"cached_tokens": 40},
-            ),
-        )
+        cached = usage_response()
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi", user="ann")
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=cached, user="ann")
         litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", user="ben")

@@ -11,7 +11,7 @@ from typing import Any
 import litellm
 import pytest
 
-from conftest import async_wait_for, stored, wait_for
+from conftest import async_wait_for, stored, usage_response, wait_for
 from ingest_server import RecordingServer
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -122,17 +122,7 @@ def test_cached_and_reasoning_tokens_reach_the_event(
     make_logger: Any, callbacks: list[Any], ingest: RecordingServer
 ) -> None:
     callbacks.append(make_logger())
-    mocked = litellm.ModelResponse(
-        model="gpt-4o",
-        choices=[{"message": {"role": "assistant", "content": "ok"}}],
-        usage=litellm.Usage(
-            prompt_tokens=100,
-            completion_tokens=50,
-            total_tokens=150,
-            prompt_tokens_details={"cached_tokens": 40},
-            completion_tokens_details={"reasoning_tokens": 30},
-        ),
-    )
+    mocked = usage_response(reasoning=30)
     litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=mocked, user="u")
     [event] = delivered(ingest, 1)
     data = event["data"]
@@ -249,16 +239,7 @@ def test_tokens_shape_one_event_per_kind(
     make_logger: Any, callbacks: list[Any], ingest: RecordingServer
 ) -> None:
     callbacks.append(make_logger(event_shape="tokens"))
-    mocked = litellm.ModelResponse(
-        model="gpt-4o",
-        choices=[{"message": {"role": "assistant", "content": "ok"}}],
-        usage=litellm.Usage(
-            prompt_tokens=100,
-            completion_tokens=50,
-            total_tokens=150,
-            prompt_tokens_details={"cached_tokens": 40},
-        ),
-    )
+    mocked = usage_response()
     litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=mocked, user="u")
     events = delivered(ingest, 3)
     [request] = ingest.requests

@@ -15,7 +15,7 @@ import litellm
 import pytest
 from litellm.integrations.openmeter import OpenMeterLogger as BuiltinLogger
 
-from conftest import wait_for
+from conftest import usage_response, wait_for
 from ingest_server import RecordingServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -47,16 +47,7 @@ def test_same_calls_same_bodies_but_documented_differences(
     monkeypatch.setenv("OPENMETER_API_ENDPOINT", ingest.url + "/")
     callbacks.extend([BuiltinLogger(), make_logger()])
     messages = [{"role": "user", "content": "hello"}]
-    cached = litellm.ModelResponse(
-        model="gpt-4o",
-        choices=[{"message": {"role": "assistant", "content": "ok"}}],
-        usage=litellm.Usage(
-            prompt_tokens=100,
-            completion_tokens=50,
-            total_tokens=150,
-            prompt_tokens_details={"cached_tokens": 40},
-        ),
-    )
+    cached = usage_response()
     litellm.completion(model="gpt-4o", messages=messages, mock_response="hi", user="p-plain")
     litellm.completion(model="gpt-4o", messages=messages, mock_response=cached, user="p-cached")
     litellm.completion(
