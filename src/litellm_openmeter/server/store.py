@@ -3,7 +3,7 @@
 Events are kept whole (deduplicated by source and id) and, at ingest, the values that
 meters read are extracted once per event into a *facts* table per event type: one
 column per JSONPath any meter of that type uses. Hourly and daily *rollups* per event type
-(sums, counts, minimums and maximums per subject and group values) answer most
+(sums and counts per subject and group values) answer most
 queries without touching the facts, so queries never parse JSON and stay fast over
 millions of events.
 """
@@ -162,19 +162,13 @@ class Layout:
 
     def rollup_sql(self, table: str) -> str:
         groups = [c.name for c in self.groups]
-        stats = [f"{kind}_{c.name}" for c in self.numbers for kind in ("sum", "cnt", "min", "max")]
+        stats = [f"{kind}_{c.name}" for c in self.numbers for kind in ("sum", "cnt")]
         names = ", ".join(["hour", "subject", *groups, "rows", *stats])
         marks = ", ".join("?" * (3 + len(groups) + len(stats)))
         updates = ["rows = rows + excluded.rows"]
         for c in self.numbers:
             updates.append(f"sum_{c.name} = sum_{c.name} + excluded.sum_{c.name}")
             updates.append(f"cnt_{c.name} = cnt_{c.name} + excluded.cnt_{c.name}")
-            for kind, pick in (("min", "min"), ("max", "max")):
-                col = f"{kind}_{c.name}"
-                updates.append(
-                    f"{col} = CASE WHEN excluded.{col} IS NULL THEN {col} "
-                    f"WHEN {col} IS NULL THEN excluded.{col} ELSE {pick}({col}, excluded.{col}) END"
-                )
         key = ", ".join(["hour", "subject", *groups])
         return (
             f"INSERT INTO {table} ({names}) VALUES ({marks}) "
@@ -219,13 +213,9 @@ class Layout:
                 merged[key] = list(row)
                 continue
             into[width - 1] += 1
-            for at in range(width, len(row), 4):
-                value = row[at + 2]
-                if value is not None:
-                    into[at] += value
-                    into[at + 1] += 1
-                    into[at + 2] = value if into[at + 2] is None else min(into[at + 2], value)
-                    into[at + 3] = value if into[at + 3] is None else max(into[at + 3], value)
+            for at in range(width, len(row), 2):
+                into[at] += row[at]
+                into[at + 1] += row[at + 1]
         return [tuple(row) for row in merged.values()]
 
     def extract(
@@ -253,7 +243,7 @@ class Layout:
         roll.append(1)
         for at in self._number_at:
             value = values[at]
-            roll += (value or 0.0, 0 if value is None else 1, value, value)
+            roll += (value or 0.0, 0 if value is None else 1)
         errors = [
             value_error(meter, raw[path_at])
             for meter, column, path_at in self._checks
@@ -412,9 +402,7 @@ class Store:
         conn.execute(f"CREATE INDEX {layout.facts}_time ON {layout.facts} (time)")
         groups = "".join(f", {c.name} TEXT NOT NULL" for c in layout.groups)
         stats = "".join(
-            f", sum_{c.name} REAL NOT NULL, cnt_{c.name} INTEGER NOT NULL, "
-            f"min_{c.name} REAL, max_{c.name} REAL"
-            for c in layout.numbers
+            f", sum_{c.name} REAL NOT NULL, cnt_{c.name} INTEGER NOT NULL" for c in layout.numbers
         )
         key = ", ".join(["hour", "subject", *[c.name for c in layout.groups]])
         for table in layout.rollups.values():
@@ -707,7 +695,8 @@ class Store:
 
 def _rollup_granularity(meter: Meter, query: Query, tz: Any, first: int, last: int) -> int | None:
     """The coarsest rollup (day, hour) that answers this query exactly, or None."""
-    if meter.aggregation in ("LATEST", "UNIQUE_COUNT") or query.window_size == "MINUTE":
+    # Rollups keep sums and counts: SUM, COUNT and AVG. The rest read the facts.
+    if meter.aggregation not in ("SUM", "COUNT", "AVG") or query.window_size == "MINUTE":
         return None
     offsets = None
     for granularity in (_DAY, _HOUR):
@@ -739,8 +728,6 @@ def _aggregate_sql(meter: Meter, layout: Layout, rollup: bool) -> tuple[str, str
         return {
             "SUM": f"SUM(sum_{column})",
             "AVG": f"SUM(sum_{column}) / SUM(cnt_{column})",
-            "MIN": f"MIN(min_{column})",
-            "MAX": f"MAX(max_{column})",
         }[aggregation], having
     return {
         "SUM": f"SUM({column})",
