@@ -1,0 +1,135 @@
+"""The real LiteLLM proxy (``litellm --config``) with our callback, billed into the local
+server, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from litellm_openmeter.server import BackgroundServer, open_store
+
+from conftest import free_port, wait_for
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+MASTER_KEY = "sk-proxy-test-master-0123456789"
+CONFIG = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      mock_response: "hello from the mock"
+      api_key: sk-not-used
+  - model_name: embedder
+    litellm_params:
+      model: openai/text-embedding-3-small
+      mock_response: [0.1, 0.2]
+      api_key: sk-not-used
+litellm_settings:
+  callbacks: litellm_openmeter.proxy_handler_instance
+"""
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[str, BackgroundServer]]:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    port = free_port()
+    with BackgroundServer(open_store(tmp_path / "meter.sqlite3"), token="meter-token") as server:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
+        env.update(
+            LITELLM_MASTER_KEY=MASTER_KEY,
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            OPENMETER_API_KEY="meter-token",
+            OPENMETER_API_ENDPOINT=server.url,
+            OPENMETER_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"),
+            OPENMETER_FLUSH_INTERVAL="0.1",
+        )
+        litellm_cli = Path(sys.executable).with_name("litellm")
+        process = subprocess.Popen(
+            [str(litellm_cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the proxy exited: {process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                return httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        try:
+            wait_for(up, timeout=180, what="the LiteLLM proxy to start")
+            yield url, server
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+
+def test_proxy_bills_each_request_once(proxy: tuple[str, BackgroundServer]) -> None:
+    url, server = proxy
+    client = openai.OpenAI(base_url=url, api_key=MASTER_KEY)
+    messages = [{"role": "user", "content": "hello"}]
+    client.chat.completions.create(model="gpt-4o", messages=messages, user="cust-plain")
+    client.chat.completions.create(model="gpt-4o", messages=messages)  # no user
+    stream = client.chat.completions.create(
+        model="gpt-4o",
+        messages=messages,
+        user="cust-stream",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage for chunk in stream if chunk.usage is not None]
+    client.embeddings.create(model="embedder", input=["hello"], user="cust-embed")
+
+    wait_for(lambda: server.store.count_events() >= 4, timeout=60, what="four billed events")
+    events: dict[str, dict[str, Any]] = {
+        item["event"]["subject"]: item["event"]
+        for item in server.store.list_events(limit=100, start=0)
+    }
+    assert server.store.count_events() == 4 and server.store.duplicates == 0
+    assert set(events) == {"cust-plain", "default_user_id", "cust-stream", "cust-embed"}
+    plain = events["cust-plain"]["data"]
+    assert (plain["model"], plain["model_group"], plain["provider"]) == (
+        "openai/gpt-4o",
+        "gpt-4o",
+        "openai",
+    )
+    assert (plain["prompt_tokens"], plain["completion_tokens"], plain["total_tokens"]) == (
+        10,
+        20,
+        30,
+    )
+    assert plain["cost"] == pytest.approx(0.000225) and plain["end_user"] == "cust-plain"
+    streamed = events["cust-stream"]["data"]
+    assert usage and streamed["completion_tokens"] == usage[0].completion_tokens
+    assert streamed["prompt_tokens"] == usage[0].prompt_tokens and streamed["cost"] > 0
+    embedded = events["cust-embed"]["data"]
+    assert (embedded["model_group"], embedded["call_type"]) == ("embedder", "aembedding")
+    assert embedded["prompt_tokens"] > 0 and embedded["cost"] > 0
+    assert events["default_user_id"]["data"]["model_group"] == "gpt-4o"
+    costs = httpx.get(
+        f"{server.url}/api/v1/meters/litellm_tokens_cost/query",
+        params={"groupBy": "subject"},
+        headers={"authorization": "Bearer meter-token"},
+    ).json()["data"]
+    assert {row["subject"] for row in costs} == set(events)
