@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,50 +42,74 @@ litellm_settings:
 """
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[str, BackgroundServer]]:
+@contextmanager
+def running_proxy(
+    tmp_path: Path, server: BackgroundServer, workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``litellm --config`` on a free port, billing into ``server``; yields URL and process."""
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     port = free_port()
-    with BackgroundServer(open_store(tmp_path / "meter.sqlite3"), token="meter-token") as server:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
-        env.update(
-            LITELLM_MASTER_KEY=MASTER_KEY,
-            LITELLM_LOCAL_MODEL_COST_MAP="True",
-            OPENMETER_API_KEY="meter-token",
-            OPENMETER_API_ENDPOINT=server.url,
-            OPENMETER_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"),
-            OPENMETER_FLUSH_INTERVAL="0.1",
-        )
-        litellm_cli = Path(sys.executable).with_name("litellm")
-        process = subprocess.Popen(
-            [str(litellm_cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
+    env.update(
+        LITELLM_MASTER_KEY=MASTER_KEY,
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        OPENMETER_API_KEY="meter-token",
+        OPENMETER_API_ENDPOINT=server.url,
+        OPENMETER_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"),
+        OPENMETER_FLUSH_INTERVAL="0.1",
+    )
+    litellm_cli = Path(sys.executable).with_name("litellm")
+    process = subprocess.Popen(
+        [
+            str(litellm_cli),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            str(workers),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
 
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"the proxy exited: {process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                return httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the proxy exited: {process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
         try:
-            wait_for(up, timeout=180, what="the LiteLLM proxy to start")
-            yield url, server
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+            return httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, timeout=180, what="the LiteLLM proxy to start")
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> Iterator[BackgroundServer]:
+    with BackgroundServer(open_store(tmp_path / "meter.sqlite3"), token="meter-token") as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, meter: BackgroundServer) -> Iterator[tuple[str, BackgroundServer]]:
+    with running_proxy(tmp_path, meter) as (url, _):
+        yield url, meter
 
 
 def test_proxy_bills_each_request_once(proxy: tuple[str, BackgroundServer]) -> None:
@@ -133,3 +160,45 @@ def test_proxy_bills_each_request_once(proxy: tuple[str, BackgroundServer]) -> N
         headers={"authorization": "Bearer meter-token"},
     ).json()["data"]
     assert {row["subject"] for row in costs} == set(events)
+
+
+def billed_subjects(folder: Path) -> list[str]:
+    """Subjects of every event the meter server stored (one per billed request)."""
+    with sqlite3.connect(folder / "meter.sqlite3") as conn:
+        return [row[0] for row in conn.execute("SELECT subject FROM events")]
+
+
+def _workers(process: subprocess.Popen[str]) -> list[int]:
+    """Pids of the proxy's uvicorn worker processes (spawned children)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = []
+    for pid in children:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            workers.append(int(pid))
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_two_workers_share_one_outbox_exactly_once(tmp_path: Path, meter: BackgroundServer) -> None:
+    requests = 120
+    with running_proxy(tmp_path, meter, workers=2) as (url, process):
+        wait_for(lambda: len(_workers(process)) == 2, what="two workers")
+        client = openai.OpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0, timeout=30)
+
+        def call(index: int) -> str:
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], user=f"cust-{index}"
+            )
+            return f"cust-{index}"
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answered = set(pool.map(call, range(requests)))
+        wait_for(
+            lambda: answered <= set(billed_subjects(tmp_path)),
+            timeout=90,
+            what="every request billed",
+        )
+    subjects = billed_subjects(tmp_path)
+    assert sorted(subjects) == sorted(answered), "a request was billed twice or not at all"
+    assert meter.store.duplicates == 0
