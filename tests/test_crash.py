@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import free_port
+import pytest
+
+from conftest import free_port, wait_for
 from ingest_server import Answer, Recorded, RecordingServer
 
 WORKER = Path(__file__).with_name("worker_process.py")
@@ -81,3 +83,37 @@ def test_two_processes_share_one_outbox_exactly_once(tmp_path: Path) -> None:
         assert {e["subject"][0] for e in posted} == {"a", "b"}
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_leases_of_a_killed_unreaped_process_are_void(tmp_path: Path) -> None:
+    from litellm_openmeter.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "zombie.sqlite3")
+    outbox.enqueue(
+        [
+            {
+                "specversion": "1.0",
+                "type": "t",
+                "id": f"z{n}",
+                "source": "s",
+                "subject": "u",
+                "data": {},
+            }
+            for n in range(3)
+        ]
+    )
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert len(outbox.claim(f"{child.pid}-dead", 10, lease_seconds=3600)) == 3
+        assert outbox.claim("me-alive", 10, lease_seconds=60) == []  # its leases hold
+        child.send_signal(signal.SIGKILL)
+        # Not reaped: the child is a zombie, which still answers kill(pid, 0).
+        wait_for(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] == "Z",
+            what="a zombie",
+        )
+        assert [item.id for item in outbox.claim(f"{os.getpid()}-me", 10, 60)] == ["z0", "z1", "z2"]
+    finally:
+        child.kill()
+        child.wait()

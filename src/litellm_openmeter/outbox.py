@@ -140,7 +140,17 @@ def _owner_alive(owner: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process that its parent has not reaped yet still answers ``kill(pid, 0)``
+    (a proxy worker under its supervisor, say): on Linux /proc tells it is dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def encode(event: CloudEvent) -> str:
