@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import threading
 import uuid
 import weakref
@@ -19,7 +18,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import metrics
+from . import forksafe, metrics
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from .outbox import Outbox, OutboxFull
 from .sender import Sender
@@ -67,6 +66,7 @@ class OpenMeterLogger(CustomLogger):
         self._closed = False
         self._lock = threading.Lock()
         _live_loggers.add(self)
+        forksafe.track(self)
         metrics.register(lambda: list(_live_loggers))
         if not self.outbox.is_empty():
             self.sender.ensure_started()
@@ -166,7 +166,6 @@ class OpenMeterLogger(CustomLogger):
         snapshot["enqueued"] = self._enqueued
         snapshot["calls_seen"] = self._calls_seen
         snapshot["paused"] = self.sender.paused_reason
-        snapshot["last_error"] = self.sender.last_error or snapshot["last_error"]
         return snapshot
 
     def dead_letters(self) -> list[dict[str, Any]]:
@@ -180,6 +179,10 @@ class OpenMeterLogger(CustomLogger):
             self.sender.ensure_started()
             self.sender.wake()
         return moved
+
+    def after_fork_in_child(self) -> None:
+        """Drop a lock another thread of the parent may have held at fork."""
+        self._lock = threading.Lock()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -238,15 +241,6 @@ class OpenMeterLogger(CustomLogger):
             record.model,
             record.call_id,
         )
-
-
-def _reset_after_fork() -> None:
-    for logger in list(_live_loggers):
-        logger._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _close_all_at_exit() -> None:

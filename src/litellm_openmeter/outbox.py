@@ -15,13 +15,13 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import forksafe
 from .events import CloudEvent
 
 DELIVERED_MEMORY_SECONDS = 600.0
@@ -173,7 +173,7 @@ class Outbox:
         self._recent: dict[tuple[str, str], None] = {}
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpointer_pid = -1
-        _live_outboxes.add(self)
+        forksafe.track(self)
         self._prepare_file()
         with self._lock:
             self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
@@ -547,15 +547,3 @@ class Outbox:
             oldest_age_seconds=None if oldest is None else max(0.0, now - oldest),
             last_error=str(meta["last_error"]),
         )
-
-
-_live_outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for outbox in list(_live_outboxes):
-        outbox.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -13,9 +13,9 @@ import random
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 
+from . import forksafe
 from .outbox import Claimed, Outbox
 from .settings import Settings
 from .transport import HttpTransport, Outcome, SendResult
@@ -24,8 +24,6 @@ log = logging.getLogger("litellm_openmeter")
 
 BASE_DELAY = 0.5
 MAX_RETRY_AFTER = 3600.0
-
-_live_senders: weakref.WeakSet[Sender] = weakref.WeakSet()
 
 
 def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -56,11 +54,10 @@ class Sender:
         self._failures = 0
         self._flush_requests = 0
         self.paused_reason: str | None = None
-        self.last_error = ""
         self._busy = False
         self._last_forget = 0.0
         self._last_checkpoint = 0.0
-        _live_senders.add(self)
+        forksafe.track(self)
 
     @property
     def lease_seconds(self) -> float:
@@ -255,15 +252,5 @@ class Sender:
                 self.outbox.release(self._owner, batch[middle:], first.detail)
                 return first
             return self._deliver(batch[middle:])
-        self.last_error = result.detail
         self.outbox.release(self._owner, batch, result.detail)
         return result
-
-
-def _reset_after_fork() -> None:
-    for sender in list(_live_senders):
-        sender.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
