@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,17 +39,40 @@ model_list:
       mock_response: [0.1, 0.2]
       api_key: sk-not-used
 litellm_settings:
-  callbacks: litellm_openmeter.proxy_handler_instance
+  callbacks: {callbacks}
+"""
+
+KILLER = """
+import os
+import signal
+
+from litellm.integrations.custom_logger import CustomLogger
+
+
+class Killer(CustomLogger):
+    \"\"\"Kills its process in LiteLLM's success hooks of a request from user kill-me:
+    after the proxy answered, before the success hooks that come after it ran.\"\"\"
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        if (kwargs.get("standard_logging_object") or {}).get("end_user") == "kill-me":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+killer = Killer()
 """
 
 
 @contextmanager
 def running_proxy(
-    tmp_path: Path, server: BackgroundServer, workers: int = 1
+    tmp_path: Path,
+    server: BackgroundServer,
+    workers: int = 1,
+    callbacks: str = "litellm_openmeter.proxy_handler_instance",
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``litellm --config`` on a free port, billing into ``server``; yields URL and process."""
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.format(callbacks=callbacks))
+    (tmp_path / "killer.py").write_text(KILLER)
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
     env.update(
@@ -58,6 +82,7 @@ def running_proxy(
         OPENMETER_API_ENDPOINT=server.url,
         OPENMETER_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"),
         OPENMETER_FLUSH_INTERVAL="0.1",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     )
     litellm_cli = Path(sys.executable).with_name("litellm")
     process = subprocess.Popen(
@@ -92,7 +117,8 @@ def running_proxy(
         wait_for(up, timeout=180, what="the LiteLLM proxy to start")
         yield url, process
     finally:
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
         try:
             process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -201,4 +227,83 @@ def test_two_workers_share_one_outbox_exactly_once(tmp_path: Path, meter: Backgr
         )
     subjects = billed_subjects(tmp_path)
     assert sorted(subjects) == sorted(answered), "a request was billed twice or not at all"
+    assert meter.store.duplicates == 0
+
+
+def test_a_proxy_killed_after_answering_bills_the_request_after_restart(
+    tmp_path: Path, meter: BackgroundServer
+) -> None:
+    """The proxy answers before LiteLLM runs success hooks: a SIGKILL in between must not
+    lose the request. The killer callback runs before ours and kills the proxy there."""
+    messages = [{"role": "user", "content": "hello"}]
+    callbacks = "[killer.killer, litellm_openmeter.proxy_handler_instance]"
+    with running_proxy(tmp_path, meter, callbacks=callbacks) as (url, process):
+        client = openai.OpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0)
+        client.chat.completions.create(model="gpt-4o", messages=messages, user="cust-first")
+        answer = client.chat.completions.create(model="gpt-4o", messages=messages, user="kill-me")
+        assert answer.choices[0].message.content == "hello from the mock"
+        process.wait(60)
+        assert process.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    assert "kill-me" not in billed_subjects(tmp_path)  # its own success hook never ran
+
+    with running_proxy(tmp_path, meter) as (url, _):
+        wait_for(
+            lambda: sorted(billed_subjects(tmp_path)) == ["cust-first", "kill-me"],
+            timeout=60,
+            what="the killed request billed by the restarted proxy",
+        )
+    assert meter.store.duplicates == 0
+    killed = next(
+        item["event"]["data"]
+        for item in meter.store.list_events(limit=10, start=0)
+        if item["event"]["subject"] == "kill-me"
+    )
+    assert (killed["prompt_tokens"], killed["completion_tokens"], killed["total_tokens"]) == (
+        10,
+        20,
+        30,
+    )
+    assert killed["cost"] == pytest.approx(0.000225)
+    assert (killed["model"], killed["model_group"]) == ("openai/gpt-4o", "gpt-4o")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigkill_of_a_worker_mid_load_loses_nothing(
+    tmp_path: Path, meter: BackgroundServer
+) -> None:
+    requests = 240
+    answered: set[str] = set()
+    failed: set[str] = set()
+    lock = threading.Lock()
+    with running_proxy(tmp_path, meter, workers=2) as (url, process):
+        wait_for(lambda: len(_workers(process)) == 2, what="two workers")
+        victim = _workers(process)[0]
+        client = openai.OpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0, timeout=30)
+
+        def call(index: int) -> None:
+            subject = f"cust-{index}"
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}], user=subject
+                )
+            except openai.APIError:
+                with lock:
+                    failed.add(subject)
+                return
+            with lock:
+                answered.add(subject)
+                if len(answered) == requests // 4:
+                    os.kill(victim, signal.SIGKILL)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(call, range(requests)))
+        assert len(answered) > requests // 2
+        wait_for(
+            lambda: answered <= set(billed_subjects(tmp_path)),
+            timeout=90,
+            what="every answered request billed",
+        )
+    subjects = billed_subjects(tmp_path)
+    assert len(subjects) == len(set(subjects)), "a request was billed twice"
+    assert set(subjects) - answered <= failed
     assert meter.store.duplicates == 0

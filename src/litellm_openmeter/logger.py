@@ -20,7 +20,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import forksafe, metrics
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
-from .outbox import Outbox, OutboxFull
+from .outbox import Held, Outbox, OutboxFull
 from .sender import Sender
 from .settings import Settings
 from .usage import UsageRecord, record_from_kwargs
@@ -60,6 +60,7 @@ class OpenMeterLogger(CustomLogger):
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.sender = Sender(self.settings, self.outbox)
         self._unpriced_models: set[str] = set()
+        self._held: dict[str, Held] = {}
         self._since_wake = 0
         self._enqueued = 0
         self._calls_seen = 0
@@ -104,11 +105,78 @@ class OpenMeterLogger(CustomLogger):
         """Failed async calls (metered only with ``OPENMETER_METER_FAILURES=true``)."""
         self._on_call(kwargs, success=False)
 
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> None:
+        """Proxy only, before the response is sent: hold the call's events (see
+        :meth:`hold_call`), so a worker killed before LiteLLM's success hook runs
+        still bills the request it answered."""
+        self.hold_call(data)
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> None:
+        """Proxy only: a request that failed after its hold (a post-call guardrail
+        refused the answer, say) is not billed."""
+        if isinstance(request_data, dict):
+            self._drop_hold(str(request_data.get("litellm_call_id") or ""))
+
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
+        if not success and isinstance(kwargs, dict):
+            self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
             self.record_call(kwargs, success=success)
         with self._lock:
             self._calls_seen += 1
+
+    def hold_call(self, data: Any) -> list[CloudEvent]:
+        """Store a proxy call's events before its response is sent, held back until
+        LiteLLM's success hook replaces them (or drops them if the call fails).
+
+        LiteLLM's proxy runs success hooks only after the response has gone out; a
+        process killed in between would lose the event. A held event is sent as it
+        is when its process dies, or after ``outbox.HOLD_SECONDS`` without a success
+        hook. Needs the proxy's prepared logging payload (``prepared_cost``); without
+        it nothing is held and the success hook alone records the call. Never raises.
+        """
+        try:
+            logging_obj = data.get("litellm_logging_obj") if isinstance(data, dict) else None
+            details = getattr(logging_obj, "model_call_details", None)
+            payload = getattr(getattr(logging_obj, "prepared_cost", None), "payload", None)
+            if not isinstance(details, dict) or not isinstance(payload, dict):
+                return []
+            record = record_from_kwargs({**details, "standard_logging_object": payload})
+            events = build_events(record, self.settings, self.resolve_subject)
+            if not events:
+                return []
+            held = self.outbox.hold(events, record.call_id)
+        except Exception as exc:  # the success hook will still record the call
+            log.debug("litellm-openmeter: nothing held for a proxy call: %s", exc)
+            return []
+        with self._lock:
+            self._held[record.call_id] = held
+            while len(self._held) > 10_000:  # a call whose hooks never came: sent at expiry
+                del self._held[next(iter(self._held))]
+        return events
+
+    def _take_hold(self, call_id: str) -> Held | None:
+        if not self._held:
+            return None
+        with self._lock:
+            return self._held.pop(call_id, None)
+
+    def _drop_hold(self, call_id: str) -> None:
+        held = self._take_hold(call_id)
+        if held is None:
+            return
+        try:
+            self.outbox.drop(held)
+        except Exception as exc:
+            log.error("litellm-openmeter: cannot drop held events of call %s: %s", call_id, exc)
 
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
         """Turn one call's hook arguments into stored events; never raises.
@@ -135,7 +203,7 @@ class OpenMeterLogger(CustomLogger):
             self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
             return []
         if events:
-            self._store(events)
+            self._store(events, self._take_hold(record.call_id))
         return events
 
     # -- delivery control ------------------------------------------------------------
@@ -186,9 +254,9 @@ class OpenMeterLogger(CustomLogger):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _store(self, events: list[CloudEvent]) -> None:
+    def _store(self, events: list[CloudEvent], settle: Held | None = None) -> None:
         try:
-            added = self.outbox.enqueue(events)
+            added = self.outbox.enqueue(events, settle)
         except OutboxFull as exc:
             log.error("litellm-openmeter: %s (event ids %s)", exc, [e["id"] for e in events])
             return

@@ -15,7 +15,7 @@ _lock = threading.Lock()
 
 GAUGES = {
     "queued": "Events waiting in the outbox",
-    "in_flight": "Events claimed by a sender and being sent",
+    "in_flight": "Events claimed by a sender and being sent, or held for a proxy call",
     "dead_lettered": "Events kept as dead letters",
     "outbox_bytes": "Bytes of events in the outbox",
     "oldest_age_seconds": "Age of the oldest undelivered event",

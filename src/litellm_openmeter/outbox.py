@@ -6,6 +6,12 @@ dead sender's rows become claimable again when its lease runs out. Delivered row
 are deleted and their ids remembered for a while, so a late duplicate of an event
 (LiteLLM firing a hook twice) is not sent again. Events that cannot be sent live in
 a dead-letter table until an operator requeues or purges them.
+
+An event may also be *held*: stored under a lease of its own process while the call
+it bills is still in progress (the proxy has answered but LiteLLM's success hook has
+not run yet). The success hook replaces it with the final event in one transaction;
+a failure drops it; if the process dies first, its holds are void like its leases and
+the held event is sent as it is, so a crash in between loses nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from . import forksafe
 from .events import CloudEvent
 
 DELIVERED_MEMORY_SECONDS = 600.0
+"""How long delivered ids are remembered to drop late duplicates."""
 WAL_RESTART_FRAMES = 8192
 """WAL pages (32 MiB at 4 KiB) after which the sender truncates the WAL."""
-"""How long delivered ids are remembered to drop late duplicates."""
+HOLD_SECONDS = 300.0
+"""How long a held event waits for its call's success hook before it is sent as it is."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -95,6 +103,14 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Events stored by :meth:`Outbox.hold`, to be settled by the final ones."""
+
+    owner: str
+    keys: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """An event that could not be delivered, with why."""
 
@@ -122,16 +138,20 @@ class OutboxStats:
     last_error: str
 
 
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the process named in a lease owner (``<pid>-<random>``) still runs.
+def _owner_pid(owner: str | None) -> int | None:
+    """The pid in a lease owner (``<pid>-<anything>``), or None when it names none."""
+    try:
+        return int(str(owner).split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs.
 
     The outbox is a local SQLite file, so its senders share this host's pids. A
     lease of a killed process is void at once instead of when it runs out.
     """
-    try:
-        pid = int(str(owner).split("-", 1)[0])
-    except ValueError:
-        return True
     if pid == os.getpid():
         return True
     try:
@@ -239,24 +259,58 @@ class Outbox:
 
     # -- writing -----------------------------------------------------------------
 
-    def enqueue(self, events: Sequence[CloudEvent]) -> int:
+    def enqueue(self, events: Sequence[CloudEvent], settle: Held | None = None) -> int:
         """Store events durably; returns how many were new.
 
         An event whose (source, id) is already queued, dead-lettered or was
-        delivered recently is ignored. Raises :class:`OutboxFull` (storing none
-        of them) when the byte limit would be passed.
+        delivered recently is ignored. ``settle`` names events held for the same
+        call (see :meth:`hold`): they are replaced by these in the same transaction.
+        Raises :class:`OutboxFull` (storing none of them) when the byte limit would
+        be passed; held events then stay held.
         """
+        rows = self._rows(events, skip_recent=True)
+        if not rows and settle is None:
+            return 0
+        added = self._insert(rows, None, 0.0, settle)
+        self._remember((row[0], row[1]) for row in rows)
+        return added
+
+    def hold(self, events: Sequence[CloudEvent], call: str, seconds: float = HOLD_SECONDS) -> Held:
+        """Store events that must not be sent yet, because the call they bill may still
+        end otherwise: they are sent when this process dies or ``seconds`` pass, unless
+        :meth:`enqueue` settles them first or :meth:`drop` removes them."""
+        owner = f"{os.getpid()}-hold-{call}"
+        rows = self._rows(events, skip_recent=False)
+        self._insert(rows, owner, time.time() + seconds, None)
+        return Held(owner, tuple((row[0], row[1]) for row in rows))
+
+    def drop(self, held: Held) -> int:
+        """Forget held events that are still held (their call failed)."""
+        with self._transaction() as conn:
+            return self._delete_held(conn, held)
+
+    def _rows(
+        self, events: Sequence[CloudEvent], skip_recent: bool
+    ) -> list[tuple[str, str, str, int]]:
         rows = []
         for event in events:
             key = (str(event["source"]), str(event["id"]))
-            if key in self._recent:
+            if skip_recent and key in self._recent:
                 continue
             body = encode(event)
             rows.append((key[0], key[1], body, len(body.encode())))
-        if not rows:
-            return 0
+        return rows
+
+    def _insert(
+        self,
+        rows: Sequence[tuple[str, str, str, int]],
+        owner: str | None,
+        until: float,
+        settle: Held | None,
+    ) -> int:
         now = time.time()
         full: str | None = None
+        added = 0
         with self._transaction() as conn:
             stored = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
             incoming = sum(row[3] for row in rows)
@@ -269,22 +323,32 @@ class Outbox:
                     f"{len(rows)} event(s) refused; restore delivery or raise "
                     "OPENMETER_OUTBOX_MAX_BYTES"
                 )
-                rows = []
-            added = 0
+                rows = []  # held events, if any, stay: better than nothing
+            elif settle is not None:
+                self._delete_held(conn, settle)
             for source, event_id, body, size in rows:
                 cursor = conn.execute(
-                    "INSERT INTO events (source, id, body, size, enqueued_at) "
-                    "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                    "INSERT INTO events (source, id, body, size, enqueued_at, lease_owner, "
+                    "lease_until) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
                     "(SELECT 1 FROM delivered WHERE source = ? AND id = ?) "
                     "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = ? AND id = ?) "
                     "ON CONFLICT (source, id) DO NOTHING",
-                    (source, event_id, body, size, now, source, event_id, source, event_id),
+                    (source, event_id, body, size, now, owner, until, *2 * (source, event_id)),
                 )
                 added += cursor.rowcount
         if full is not None:
             raise OutboxFull(full)
-        self._remember((row[0], row[1]) for row in rows)
         return added
+
+    @staticmethod
+    def _delete_held(conn: sqlite3.Connection, held: Held) -> int:
+        return sum(
+            conn.execute(
+                "DELETE FROM events WHERE source = ? AND id = ? AND lease_owner = ?",
+                (source, event_id, held.owner),
+            ).rowcount
+            for source, event_id in held.keys
+        )
 
     def _remember(self, keys: Iterable[tuple[str, str]]) -> None:
         for key in keys:
@@ -324,13 +388,23 @@ class Outbox:
             owners = conn.execute(
                 "SELECT DISTINCT lease_owner FROM events WHERE lease_until > ?", (now,)
             ).fetchall()
+            alive: dict[int, bool] = {}
+            dead = []
             for (other,) in owners:
-                if other != owner and not _owner_alive(other):
-                    conn.execute(
-                        "UPDATE events SET lease_owner = NULL, lease_until = 0 "
-                        "WHERE lease_owner = ?",
-                        (other,),
-                    )
+                pid = _owner_pid(other)
+                if other == owner or pid is None:
+                    continue
+                if pid not in alive:
+                    alive[pid] = _pid_alive(pid)
+                if not alive[pid]:
+                    dead.append(other)
+            for start in range(0, len(dead), 500):
+                chunk = dead[start : start + 500]
+                conn.execute(
+                    "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_until > ? "
+                    f"AND lease_owner IN ({','.join('?' * len(chunk))})",
+                    (now, *chunk),
+                )
             rows = conn.execute(
                 "SELECT seq, source, id, body, attempts FROM events "
                 "WHERE lease_until <= ? ORDER BY lease_until, seq LIMIT ?",
