@@ -199,6 +199,7 @@ def test_full_outbox_refuses_new_events_and_reports(
     with caplog.at_level(logging.ERROR, logger="litellm_openmeter"):
         for index in range(20):
             logger.record_call(hook_kwargs(f"fill-{index}"), success=True)
+        assert logger.writer.drain(30)  # the writer thread stored (or refused) them all
     stats = logger.stats()
     assert 0 < stats["queued"] < 20
     assert stats["refused"] == 20 - stats["queued"]

@@ -7,10 +7,12 @@ happens only in the sender thread, never in a hook.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
 import threading
+import time
 import uuid
 import weakref
 from dataclasses import asdict
@@ -20,10 +22,11 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import forksafe, metrics
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
-from .outbox import Held, Outbox, OutboxFull
+from .outbox import Entry, Held, Outbox
 from .sender import Sender
 from .settings import Settings
 from .usage import UsageRecord, record_from_kwargs
+from .writer import Writer
 
 log = logging.getLogger("litellm_openmeter")
 
@@ -59,6 +62,7 @@ class OpenMeterLogger(CustomLogger):
         )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.sender = Sender(self.settings, self.outbox)
+        self.writer = Writer(self.outbox, self._stored)
         self._unpriced_models: set[str] = set()
         self._held: dict[str, Held] = {}
         self._since_wake = 0
@@ -108,10 +112,29 @@ class OpenMeterLogger(CustomLogger):
     async def async_post_call_success_hook(
         self, data: dict[str, Any], user_api_key_dict: Any, response: Any
     ) -> None:
-        """Proxy only, before the response is sent: hold the call's events (see
-        :meth:`hold_call`), so a worker killed before LiteLLM's success hook runs
-        still bills the request it answered."""
-        self.hold_call(data)
+        """Proxy only, before the response is sent: store the call's events *held*.
+
+        LiteLLM's proxy runs success hooks only after the response has gone out; a
+        worker killed in between would lose the event. A held event is not sent while
+        its process lives: the success hook replaces it with the final event (or a
+        failure drops it); if the process dies first it is sent as it is, and after
+        ``outbox.HOLD_SECONDS`` without a success hook too. Needs the logging payload
+        the proxy prepares before this hook (``prepared_cost``); without it nothing is
+        held and the success hook alone records the call. Never raises.
+        """
+        prepared = self._events_to_hold(data)
+        if prepared is None:
+            return
+        call_id, events = prepared
+        future = self.writer.submit(Entry(events, hold_for=call_id), wait=True)
+        assert future is not None
+        entry = await asyncio.wrap_future(future)
+        if entry.held is None:
+            return
+        with self._lock:
+            self._held[call_id] = entry.held
+            while len(self._held) > 10_000:  # calls whose hooks never came: sent at expiry
+                del self._held[next(iter(self._held))]
 
     async def async_post_call_failure_hook(
         self,
@@ -133,35 +156,19 @@ class OpenMeterLogger(CustomLogger):
         with self._lock:
             self._calls_seen += 1
 
-    def hold_call(self, data: Any) -> list[CloudEvent]:
-        """Store a proxy call's events before its response is sent, held back until
-        LiteLLM's success hook replaces them (or drops them if the call fails).
-
-        LiteLLM's proxy runs success hooks only after the response has gone out; a
-        process killed in between would lose the event. A held event is sent as it
-        is when its process dies, or after ``outbox.HOLD_SECONDS`` without a success
-        hook. Needs the proxy's prepared logging payload (``prepared_cost``); without
-        it nothing is held and the success hook alone records the call. Never raises.
-        """
+    def _events_to_hold(self, data: Any) -> tuple[str, list[CloudEvent]] | None:
         try:
             logging_obj = data.get("litellm_logging_obj") if isinstance(data, dict) else None
             details = getattr(logging_obj, "model_call_details", None)
             payload = getattr(getattr(logging_obj, "prepared_cost", None), "payload", None)
             if not isinstance(details, dict) or not isinstance(payload, dict):
-                return []
+                return None
             record = record_from_kwargs({**details, "standard_logging_object": payload})
             events = build_events(record, self.settings, self.resolve_subject)
-            if not events:
-                return []
-            held = self.outbox.hold(events, record.call_id)
         except Exception as exc:  # the success hook will still record the call
             log.debug("litellm-openmeter: nothing held for a proxy call: %s", exc)
-            return []
-        with self._lock:
-            self._held[record.call_id] = held
-            while len(self._held) > 10_000:  # a call whose hooks never came: sent at expiry
-                del self._held[next(iter(self._held))]
-        return events
+            return None
+        return (record.call_id, events) if events else None
 
     def _take_hold(self, call_id: str) -> Held | None:
         if not self._held:
@@ -171,17 +178,13 @@ class OpenMeterLogger(CustomLogger):
 
     def _drop_hold(self, call_id: str) -> None:
         held = self._take_hold(call_id)
-        if held is None:
-            return
-        try:
-            self.outbox.drop(held)
-        except Exception as exc:
-            log.error("litellm-openmeter: cannot drop held events of call %s: %s", call_id, exc)
+        if held is not None:
+            self.writer.submit(Entry([], settle=held))
 
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
-        """Turn one call's hook arguments into stored events; never raises.
-
-        Returns the events stored in the queue (empty when none or on failure).
+        """Turn one call's hook arguments into events and hand them to the writer
+        thread, which stores them in the outbox within about a millisecond; never
+        raises. Returns the events (empty when none or on failure).
         """
         call_id = "unknown"
         try:
@@ -211,7 +214,10 @@ class OpenMeterLogger(CustomLogger):
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver what is queued; True if the outbox is empty within ``timeout`` seconds."""
         wait = self.settings.shutdown_timeout if timeout is None else timeout
-        return self.sender.flush(wait)
+        deadline = time.monotonic() + wait
+        if not self.writer.drain(wait):
+            return False
+        return self.sender.flush(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (bounded), stop the sender and close the outbox. Undelivered events
@@ -220,6 +226,8 @@ class OpenMeterLogger(CustomLogger):
             if self._closed:
                 return self.outbox.is_empty()
             self._closed = True
+        wait = self.settings.shutdown_timeout if timeout is None else timeout
+        self.writer.stop(wait)
         delivered = self.flush(timeout) if not self.outbox.is_empty() else True
         self.sender.stop(timeout=1.0)
         self.outbox.close()
@@ -255,25 +263,25 @@ class OpenMeterLogger(CustomLogger):
     # -- internals ---------------------------------------------------------------------
 
     def _store(self, events: list[CloudEvent], settle: Held | None = None) -> None:
-        try:
-            added = self.outbox.enqueue(events, settle)
-        except OutboxFull as exc:
-            log.error("litellm-openmeter: %s (event ids %s)", exc, [e["id"] for e in events])
-            return
-        except Exception as exc:
-            log.error(
-                "litellm-openmeter: cannot store events in the outbox (%s: %s); events: %s",
-                type(exc).__name__,
-                exc,
-                json.dumps(events),
-            )
+        self.writer.submit(Entry(events, settle=settle))
+
+    def _stored(self, entry: Entry) -> None:
+        """In the writer thread, after each entry's transaction."""
+        if entry.refused:
+            if entry.full:  # the events stay with the caller's logs: ids are enough
+                ids = [event["id"] for event in entry.events]
+                log.error("litellm-openmeter: %s (event ids %s)", entry.refused, ids)
+            else:
+                log.error(
+                    "litellm-openmeter: %s; events: %s", entry.refused, json.dumps(entry.events)
+                )
             return
         with self._lock:
-            self._enqueued += added
-        if self._closed:
+            self._enqueued += entry.added
+        if self._closed or not entry.added:
             return  # kept in the outbox for the next process; no thread after close()
         self.sender.ensure_started()
-        self._since_wake += len(events)
+        self._since_wake += entry.added
         if self._since_wake >= self.settings.batch_size:
             self._since_wake = 0
             self.sender.wake()

@@ -110,6 +110,24 @@ class Held:
     keys: tuple[tuple[str, str], ...]
 
 
+@dataclass
+class Entry:
+    """One call's events for :meth:`Outbox.write`, and what became of them."""
+
+    events: Sequence[CloudEvent]
+    settle: Held | None = None
+    """Held events of the same call that these replace."""
+    hold_for: str | None = None
+    """A call id: hold these events for that call (see :meth:`Outbox.hold`)."""
+    hold_seconds: float = HOLD_SECONDS
+    added: int = 0
+    held: Held | None = None
+    refused: str = ""
+    """Why nothing was stored, or empty."""
+    full: bool = False
+    """Nothing was stored because the outbox reached its byte limit."""
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """An event that could not be delivered, with why."""
@@ -268,77 +286,83 @@ class Outbox:
         Raises :class:`OutboxFull` (storing none of them) when the byte limit would
         be passed; held events then stay held.
         """
-        rows = self._rows(events, skip_recent=True)
-        if not rows and settle is None:
-            return 0
-        added = self._insert(rows, None, 0.0, settle)
-        self._remember((row[0], row[1]) for row in rows)
-        return added
+        entry = Entry(list(events), settle=settle)
+        self.write([entry])
+        if entry.refused:
+            raise OutboxFull(entry.refused)
+        return entry.added
 
     def hold(self, events: Sequence[CloudEvent], call: str, seconds: float = HOLD_SECONDS) -> Held:
         """Store events that must not be sent yet, because the call they bill may still
         end otherwise: they are sent when this process dies or ``seconds`` pass, unless
         :meth:`enqueue` settles them first or :meth:`drop` removes them."""
-        owner = f"{os.getpid()}-hold-{call}"
-        rows = self._rows(events, skip_recent=False)
-        self._insert(rows, owner, time.time() + seconds, None)
-        return Held(owner, tuple((row[0], row[1]) for row in rows))
+        entry = Entry(list(events), hold_for=call, hold_seconds=seconds)
+        self.write([entry])
+        if entry.refused:
+            raise OutboxFull(entry.refused)
+        assert entry.held is not None
+        return entry.held
 
     def drop(self, held: Held) -> int:
         """Forget held events that are still held (their call failed)."""
         with self._transaction() as conn:
             return self._delete_held(conn, held)
 
-    def _rows(
-        self, events: Sequence[CloudEvent], skip_recent: bool
-    ) -> list[tuple[str, str, str, int]]:
-        rows = []
-        for event in events:
-            key = (str(event["source"]), str(event["id"]))
-            if skip_recent and key in self._recent:
-                continue
-            body = encode(event)
-            rows.append((key[0], key[1], body, len(body.encode())))
-        return rows
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Store several entries in one transaction (one commit for many calls).
 
-    def _insert(
-        self,
-        rows: Sequence[tuple[str, str, str, int]],
-        owner: str | None,
-        until: float,
-        settle: Held | None,
-    ) -> int:
+        Each entry gets its outcome: ``added``, ``held`` or ``refused`` (the byte
+        limit; that entry stores nothing and settles nothing).
+        """
         now = time.time()
-        full: str | None = None
-        added = 0
+        pid = os.getpid()
+        prepared = []
+        for entry in entries:
+            rows = []
+            for event in entry.events:
+                key = (str(event["source"]), str(event["id"]))
+                if entry.hold_for is None and key in self._recent:
+                    continue
+                body = encode(event)
+                rows.append((key[0], key[1], body, len(body.encode())))
+            if entry.hold_for is None:
+                owner, until = None, 0.0
+            else:
+                owner, until = f"{pid}-hold-{entry.hold_for}", now + entry.hold_seconds
+                entry.held = Held(owner, tuple((row[0], row[1]) for row in rows))
+            prepared.append((entry, rows, owner, until))
         with self._transaction() as conn:
             stored = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
-            incoming = sum(row[3] for row in rows)
-            if stored + incoming > self.max_bytes:
-                conn.execute(
-                    "UPDATE meta SET value = value + ? WHERE key = 'refused'", (len(rows),)
-                )
-                full = (
-                    f"outbox {self.path} is full ({stored} of {self.max_bytes} bytes): "
-                    f"{len(rows)} event(s) refused; restore delivery or raise "
-                    "OPENMETER_OUTBOX_MAX_BYTES"
-                )
-                rows = []  # held events, if any, stay: better than nothing
-            elif settle is not None:
-                self._delete_held(conn, settle)
-            for source, event_id, body, size in rows:
-                cursor = conn.execute(
-                    "INSERT INTO events (source, id, body, size, enqueued_at, lease_owner, "
-                    "lease_until) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
-                    "(SELECT 1 FROM delivered WHERE source = ? AND id = ?) "
-                    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = ? AND id = ?) "
-                    "ON CONFLICT (source, id) DO NOTHING",
-                    (source, event_id, body, size, now, owner, until, *2 * (source, event_id)),
-                )
-                added += cursor.rowcount
-        if full is not None:
-            raise OutboxFull(full)
-        return added
+            refused = 0
+            for entry, rows, owner, until in prepared:
+                incoming = sum(row[3] for row in rows)
+                if stored + incoming > self.max_bytes:
+                    refused += len(rows)
+                    entry.refused = (
+                        f"outbox {self.path} is full ({stored} of {self.max_bytes} bytes): "
+                        f"{len(rows)} event(s) refused; restore delivery or raise "
+                        "OPENMETER_OUTBOX_MAX_BYTES"
+                    )
+                    entry.full = True
+                    entry.held = None
+                    continue  # held events of its call, if any, stay: better than nothing
+                stored += incoming
+                if entry.settle is not None:
+                    self._delete_held(conn, entry.settle)
+                for source, event_id, body, size in rows:
+                    entry.added += conn.execute(
+                        "INSERT INTO events (source, id, body, size, enqueued_at, lease_owner, "
+                        "lease_until) SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                        "(SELECT 1 FROM delivered WHERE source = ? AND id = ?) "
+                        "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = ? AND id = ?) "
+                        "ON CONFLICT (source, id) DO NOTHING",
+                        (source, event_id, body, size, now, owner, until, *2 * (source, event_id)),
+                    ).rowcount
+            if refused:
+                conn.execute("UPDATE meta SET value = value + ? WHERE key = 'refused'", (refused,))
+        for entry, rows, owner, _ in prepared:
+            if owner is None and not entry.refused:
+                self._remember((row[0], row[1]) for row in rows)
 
     @staticmethod
     def _delete_held(conn: sqlite3.Connection, held: Held) -> int:

@@ -1,0 +1,136 @@
+"""The writer: one thread per process that stores hooks' events in the outbox.
+
+A hook hands its events over and returns at once; the writer stores whatever has
+arrived meanwhile in one SQLite transaction. The request path then never waits for a
+commit, nor for the GIL after SQLite gave it up (with another thread busy, taking it
+back can cost milliseconds), and many calls share one commit. Events reach the disk
+within about a millisecond of their hook; ``drain`` waits for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from . import forksafe
+from .outbox import Entry, Outbox
+
+log = logging.getLogger("litellm_openmeter")
+
+MAX_ENTRIES_PER_COMMIT = 2000
+
+Stored = Callable[[Entry], None]
+
+
+class Writer:
+    """Stores entries in the outbox from a thread of its own, many per transaction.
+
+    ``on_stored`` is called in the writer thread with every entry once its
+    transaction committed (or failed: ``entry.refused`` then says why).
+    """
+
+    def __init__(self, outbox: Outbox, on_stored: Stored) -> None:
+        self.outbox = outbox
+        self._on_stored = on_stored
+        self._queue: queue.SimpleQueue[tuple[Entry, Future[Entry] | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        forksafe.track(self)
+
+    def submit(self, entry: Entry, wait: bool = False) -> Future[Entry] | None:
+        """Queue ``entry`` for the next transaction; with ``wait``, a future that is
+        done when it is stored (for callers that must not go on before that)."""
+        future: Future[Entry] | None = Future() if wait else None
+        with self._idle:
+            self._pending += 1
+        self._queue.put((entry, future))
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        return future
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything submitted so far is stored; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Store what is queued, then end the thread; False if it did not end in time."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._pending == 0
+        self._queue.put(None)
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's thread and queue: the parent stores its own entries."""
+        self._queue = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = None
+        self._start_lock = threading.Lock()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"litellm-openmeter-writer-{os.getpid()}", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = []
+            stopping = item is None
+            if item is not None:
+                batch.append(item)
+            while len(batch) < MAX_ENTRIES_PER_COMMIT:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._store(batch)
+            if stopping and self._queue.empty():
+                return
+
+    def _store(self, batch: list[tuple[Entry, Future[Entry] | None]]) -> None:
+        entries = [entry for entry, _ in batch]
+        try:
+            self.outbox.write(entries)
+        except Exception as exc:
+            detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
+            for entry in entries:
+                entry.refused = entry.refused or detail
+        for entry, future in batch:
+            try:
+                self._on_stored(entry)
+            except Exception:  # pragma: no cover - the callback only logs and counts
+                log.exception("litellm-openmeter: error after storing events")
+            if future is not None:
+                future.set_result(entry)
+        with self._idle:
+            self._pending -= len(batch)
+            if not self._pending:
+                self._idle.notify_all()
