@@ -589,3 +589,40 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
         assert query(http, "extra")[0]["value"] == 1
         assert post(http, event("kept")).status_code == 204  # still deduplicated
         assert len(stored(http)) == 1
+
+
+ROLLUP_CRASH = """
+import os, signal, sys
+from litellm_openmeter.server import open_store
+store = open_store(sys.argv[1])
+store.ingest([
+    {"specversion": "1.0", "type": "litellm_tokens", "id": f"crash-{n}", "source": "t",
+     "subject": f"cust-{n % 3}", "time": "2026-11-01T10:00:00Z",
+     "data": {"model": "gpt-4o", "cost": 0.5, "total_tokens": 10}}
+    for n in range(30)
+])
+os.kill(os.getpid(), signal.SIGKILL)  # before the rollup deltas were written
+"""
+
+
+def _cost_by_subject(store: Any) -> dict[str, float]:
+    from litellm_openmeter.server.store import Query
+
+    result = store.query("litellm_tokens_cost", Query(window_size="DAY", group_by=["subject"]))
+    return {row["subject"]: row["value"] for row in result["data"]}
+
+
+def test_rollups_lost_in_a_crash_are_rebuilt_from_the_facts(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "crash.sqlite3"
+    crashed = subprocess.run([sys.executable, "-c", ROLLUP_CRASH, str(db)], timeout=120)
+    assert crashed.returncode == -signal.SIGKILL
+    store = open_store(db)
+    assert store.count_events() == 30
+    assert _cost_by_subject(store) == {"cust-0": 5.0, "cust-1": 5.0, "cust-2": 5.0}
+    store.close()
+    reopened = open_store(db)  # rolled up once: opening again adds nothing
+    assert _cost_by_subject(reopened) == {"cust-0": 5.0, "cust-1": 5.0, "cust-2": 5.0}

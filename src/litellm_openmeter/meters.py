@@ -210,8 +210,10 @@ def number_text(value: float) -> str:
 
 def as_number(raw: object) -> float | None:
     """A finite number from a JSON number or numeric string; None otherwise."""
-    if type(raw) is int:  # the common case first
+    if type(raw) is int:  # the common cases first
         return float(raw)
+    if type(raw) is float:
+        return raw if math.isfinite(raw) else None
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):

@@ -6,6 +6,12 @@ column per JSONPath any meter of that type uses. Hourly and daily *rollups* per 
 (sums and counts per subject and group values) answer most
 queries without touching the facts, so queries never parse JSON and stay fast over
 millions of events.
+
+Rollups are written at most once a second (and before every query), from deltas
+merged in memory: live traffic adds to the same few rollup rows, and updating them
+per request would rewrite the same pages for every batch. ``rollup_marks`` records
+the last facts row included, so rows whose deltas were still in memory when the
+process died are rolled up again from the facts when the store opens.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ..meters import (
     unique_text,
     value_error,
 )
-from .ingest import IngestError, format_rfc3339, parse_rfc3339, validate_event
+from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
 
 _SCHEMA = """
@@ -62,7 +68,13 @@ CREATE TABLE IF NOT EXISTS layouts (
     tag TEXT NOT NULL,
     columns TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollup_marks (
+    tag TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
+ROLLUP_INTERVAL = 1.0
+"""Seconds rollup deltas may wait in memory (queries write them first)."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _NO_GROUP = "\x00"  # NULL stand-in in rollup keys (NULLs never conflict in SQLite keys)
@@ -151,6 +163,10 @@ class Layout:
         self.paths = sorted({c.path for c in columns})
         self.path_steps = [compile_path(path) for path in self.paths]
         self.meters: list[Meter] = []
+        self.pending: dict[tuple[Any, ...], list[Any]] = {}
+        """Hourly rollup deltas not written yet, by rollup key."""
+        self.pending_seq = 0
+        """The last facts row whose delta is in ``pending``."""
 
     def column(self, role: str, path: str) -> Column:
         return self.by_key[(role, path)]
@@ -178,7 +194,9 @@ class Layout:
     def plan(self) -> None:
         """Precompute what :meth:`extract` does per column (it runs once per event)."""
         index = {path: n for n, path in enumerate(self.paths)}
-        self._plan = [(index[c.path], c.role) for c in self.columns]
+        # group_text, as_number and unique_text all read MISSING as None.
+        convert = {"g": group_text, "n": as_number, "s": unique_text}
+        self._plan = [(index[c.path], convert[c.role]) for c in self.columns]
         flat = [
             steps[0] for steps in self.path_steps if len(steps) == 1 and isinstance(steps[0], str)
         ]
@@ -192,18 +210,44 @@ class Layout:
                 column = self.columns.index(self.column(role, meter.value_property))
                 self._checks.append((meter, column, index[meter.value_property]))
 
-    def write_rollups(self, conn: sqlite3.Connection, hourly: list[tuple[Any, ...]]) -> None:
-        """Add hourly rollup rows (from :meth:`extract`) to every rollup table."""
+    def add_pending(self, rows: Iterable[tuple[Any, ...]], last_seq: int) -> None:
+        """Merge hourly rollup rows (from :meth:`extract`) into the unwritten deltas."""
+        width = 2 + len(self._group_at)  # hour, subject, groups...
+        pending = self.pending
+        for row in rows:
+            key = row[:width]
+            into = pending.get(key)
+            if into is None:
+                pending[key] = list(row)
+                continue
+            into[width] += 1
+            for at in range(width + 1, len(row), 2):
+                into[at] += row[at]
+                into[at + 1] += row[at + 1]
+        self.pending_seq = max(self.pending_seq, last_seq)
+
+    def write_pending(self, conn: sqlite3.Connection) -> None:
+        """Write the deltas to every rollup table and move the mark (in the caller's
+        transaction)."""
+        hourly = [tuple(row) for row in self.pending.values()]
         for granularity, table in self.rollups.items():
             rows = (
                 hourly
                 if granularity == _HOUR
-                else [(row[0] // granularity * granularity, *row[1:]) for row in hourly]
+                else self.combine(
+                    [(row[0] // granularity * granularity, *row[1:]) for row in hourly]
+                )
             )
-            conn.executemany(self.rollup_sql(table), self.combine(rows))
+            conn.executemany(self.rollup_sql(table), rows)
+        conn.execute(
+            "INSERT INTO rollup_marks (tag, seq) VALUES (?, ?) "
+            "ON CONFLICT (tag) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            (self.tag, self.pending_seq),
+        )
+        self.pending = {}
 
     def combine(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Merge rollup rows with the same key (live traffic shares hours and groups)."""
+        """Merge rollup rows with the same key."""
         width = 3 + len(self._group_at)  # hour, subject, groups..., rows
         merged: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
@@ -212,11 +256,21 @@ class Layout:
             if into is None:
                 merged[key] = list(row)
                 continue
-            into[width - 1] += 1
+            into[width - 1] += row[width - 1]
             for at in range(width, len(row), 2):
                 into[at] += row[at]
                 into[at + 1] += row[at + 1]
         return [tuple(row) for row in merged.values()]
+
+    def rollup_row(self, moment: int, subject: str, values: Sequence[Any]) -> tuple[Any, ...]:
+        """The hourly rollup row of one event, from its facts values."""
+        roll: list[Any] = [moment // _HOUR * _HOUR, subject]
+        roll += [_NO_GROUP if values[at] is None else values[at] for at in self._group_at]
+        roll.append(1)
+        for at in self._number_at:
+            value = values[at]
+            roll += (value or 0.0, 0 if value is None else 1)
+        return tuple(roll)
 
     def extract(
         self, data: object, moment: int, subject: str, seq: int
@@ -227,23 +281,7 @@ class Layout:
             raw = [get(key, MISSING) for key in self._flat]
         else:
             raw = [read_path(data, steps) for steps in self.path_steps]
-        values: list[Any] = []
-        for at, role in self._plan:
-            value = raw[at]
-            if role == "g":
-                values.append(group_text(value))
-            elif value is MISSING:
-                values.append(None)
-            else:
-                values.append(as_number(value) if role == "n" else unique_text(value))
-        roll: list[Any] = [moment // _HOUR * _HOUR, subject]
-        for at in self._group_at:
-            value = values[at]
-            roll.append(_NO_GROUP if value is None else value)
-        roll.append(1)
-        for at in self._number_at:
-            value = values[at]
-            roll += (value or 0.0, 0 if value is None else 1)
+        values = [convert(raw[at]) for at, convert in self._plan]
         errors = [
             value_error(meter, raw[path_at])
             for meter, column, path_at in self._checks
@@ -251,7 +289,7 @@ class Layout:
         ]
         return (
             (seq, moment, subject, *values),
-            tuple(roll),
+            self.rollup_row(moment, subject, values),
             "; ".join(e for e in errors if e) or None,
         )
 
@@ -286,8 +324,10 @@ class Store:
             self.layouts[event_type] = Layout(
                 event_type, tag, [Column(**c) for c in json.loads(columns)]
             )
+        self._rolled_at = time.monotonic()
         self._attach_meters()
         self._repair()
+        self._catch_up()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -325,14 +365,61 @@ class Store:
                 self._writer.execute("COMMIT")
         self._attach_meters()
 
+    def _catch_up(self) -> None:
+        """Roll up the facts rows whose deltas had not been written (the process ended
+        between a batch and the next rollup write)."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for layout in self.layouts.values():
+                    row = conn.execute(
+                        "SELECT seq FROM rollup_marks WHERE tag = ?", (layout.tag,)
+                    ).fetchone()
+                    if row is None:  # a file from before marks: its rollups are complete
+                        last = conn.execute(f"SELECT MAX(seq) FROM {layout.facts}").fetchone()
+                        layout.pending_seq = last[0] or 0
+                        layout.write_pending(conn)
+                        continue
+                    mark = row[0]
+                    rows = [
+                        (seq, layout.rollup_row(moment, subject, values))
+                        for seq, moment, subject, *values in conn.execute(
+                            f"SELECT * FROM {layout.facts} WHERE seq > ? ORDER BY seq", (mark,)
+                        )
+                    ]
+                    if rows:
+                        layout.add_pending((roll for _, roll in rows), rows[-1][0])
+                        layout.write_pending(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    def flush_rollups(self) -> None:
+        """Write the rollup deltas waiting in memory (queries call this first)."""
+        with self._write_lock:
+            if not any(layout.pending for layout in self.layouts.values()):
+                return
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_rollups()
+            finally:
+                self._writer.execute("COMMIT")
+
+    def _write_rollups(self) -> None:
+        for layout in self.layouts.values():
+            layout.write_pending(self._writer)
+        self._rolled_at = time.monotonic()
+
     def _attach_meters(self) -> None:
         for layout in self.layouts.values():
             layout.meters = [
                 m.meter for m in self.meters.values() if m.meter.event_type == layout.event_type
             ]
+            layout.plan()
 
     def close(self) -> None:
-        """Close the writer connection."""
+        """Write the rollup deltas and close the writer connection."""
+        self.flush_rollups()
         self._writer.close()
 
     # -- meters ------------------------------------------------------------------------
@@ -413,6 +500,7 @@ class Store:
         if current is not None:
             for table in (current.facts, *current.rollups.values()):
                 conn.execute(f"DROP TABLE {table}")
+            conn.execute("DELETE FROM rollup_marks WHERE tag = ?", (current.tag,))
         conn.execute(
             "INSERT OR REPLACE INTO layouts (event_type, tag, columns) VALUES (?, ?, ?)",
             (event_type, tag, json.dumps([c.__dict__ for c in columns])),
@@ -435,7 +523,9 @@ class Store:
             rollups.append(rollup)
             errors.append((error, rowid))
         conn.executemany(layout.facts_sql(), facts)
-        layout.write_rollups(conn, rollups)
+        layout.pending = {}
+        layout.add_pending(rollups, facts[-1][0] if facts else 0)
+        layout.write_pending(conn)
         conn.executemany("UPDATE events SET validation_error = ? WHERE rowid = ?", errors)
 
     def _refresh_errors(self, layout: Layout) -> None:
@@ -477,30 +567,12 @@ class Store:
                 facts: dict[str, list[tuple[Any, ...]]] = {}
                 rollups: dict[str, list[tuple[Any, ...]]] = {}
                 errors = []
-                for item in valid:
-                    body = item.body
-                    cursor = conn.execute(
-                        "INSERT INTO events (source, id, type, subject, time, ingested_at, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
-                        (
-                            body["source"],
-                            body["id"],
-                            body["type"],
-                            body["subject"],
-                            item.time,
-                            moment,
-                            _ENCODE(body),
-                        ),
-                    )
-                    self.received += 1
-                    if cursor.rowcount == 0:
-                        self.duplicates += 1
-                        continue
+                for rowid, item in self._insert_events(conn, valid, moment):
                     added += 1
+                    body = item.body
                     layout = self.layouts.get(body["type"])
                     if layout is None:
                         continue
-                    rowid = cursor.lastrowid or 0
                     fact, rollup, error = layout.extract(
                         body.get("data"), item.time, body["subject"], rowid
                     )
@@ -511,7 +583,9 @@ class Store:
                 for event_type, rows in facts.items():
                     layout = self.layouts[event_type]
                     conn.executemany(layout.facts_sql(), rows)
-                    layout.write_rollups(conn, rollups[event_type])
+                    layout.add_pending(rollups[event_type], rows[-1][0])
+                if time.monotonic() - self._rolled_at >= ROLLUP_INTERVAL:
+                    self._write_rollups()
                 if errors:
                     conn.executemany(
                         "UPDATE events SET validation_error = ? WHERE rowid = ?", errors
@@ -521,6 +595,47 @@ class Store:
         if failure is not None:
             raise failure
         return added
+
+    def _insert_events(
+        self, conn: sqlite3.Connection, valid: list[ValidEvent], moment: float
+    ) -> list[tuple[int, ValidEvent]]:
+        """Insert a batch in one statement; returns the new rows (duplicates left out).
+
+        The rows get explicit rowids past the largest one (what SQLite would give
+        them), so the new ones are known without a statement per event.
+        """
+        if not valid:
+            return []
+        base = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
+        rows = [
+            (
+                base + n,
+                item.body["source"],
+                item.body["id"],
+                item.body["type"],
+                item.body["subject"],
+                item.time,
+                moment,
+                _ENCODE(item.body),
+            )
+            for n, item in enumerate(valid, start=1)
+        ]
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT INTO events (rowid, source, id, type, subject, time, ingested_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING",
+            rows,
+        )
+        inserted = conn.total_changes - before
+        self.received += len(rows)
+        self.duplicates += len(rows) - inserted
+        numbered = [(row[0], item) for row, item in zip(rows, valid, strict=True)]
+        if inserted == len(rows):
+            return numbered
+        stored = {
+            row[0] for row in conn.execute("SELECT rowid FROM events WHERE rowid > ?", (base,))
+        }
+        return [(rowid, item) for rowid, item in numbered if rowid in stored]
 
     def list_events(
         self,
@@ -611,6 +726,7 @@ class Store:
 
     def query(self, slug: str, query: Query, now: float | None = None) -> dict[str, Any]:
         """Run a meter query; returns OpenMeter's ``MeterQueryResult``."""
+        self.flush_rollups()
         meter = self.meters[slug].meter
         layout, scope, scope_params = self._meter_scope(meter)
         if layout is None:
