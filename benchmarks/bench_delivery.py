@@ -1,5 +1,6 @@
 """Delivery benchmarks: hook time with the endpoint healthy, slow and down; events/s the
-sender delivers; memory and outbox size with 1,000,000 events waiting.
+sender delivers (to a 204 endpoint, and to `litellm-openmeter serve`); memory and
+outbox size with 1,000,000 events waiting.
 
 Run: python benchmarks/bench_delivery.py [--hooks 20000] [--drain 200000] [--backlog 1000000]
 Prints one JSON object with the results.
@@ -11,46 +12,24 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from common import HERE, free_port, sink
 
 from litellm_openmeter import OpenMeterLogger
 
-HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent / "tests" / "fixtures" / "openai_cached.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def sink(delay: float = 0.0) -> Iterator[str]:
-    """A 204 endpoint in its own process; yields its base URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "READY"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def hook_kwargs(index: int, template: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +66,7 @@ def bench_hooks(count: int, endpoint: str, folder: Path, label: str) -> dict[str
         started = time.perf_counter_ns()
         logger.log_success_event(kwargs, None, None, None)
         timings.append((time.perf_counter_ns() - started) / 1000)
+    logger.writer.drain(60)
     stats = logger.stats()
     logger.close(timeout=2)
     return {
@@ -112,16 +92,51 @@ def fill_offline(path: Path, first: int, count: int) -> None:
     )
     for index in range(first, first + count):
         filler.record_call(hook_kwargs(index, template), success=True)
+    filler.writer.stop(600)
     filler.sender.stop(1)
     filler.outbox.close()
 
 
-def bench_drain(count: int, folder: Path) -> dict[str, Any]:
-    path = folder / "drain.sqlite3"
+@contextmanager
+def local_server(folder: Path) -> Iterator[str]:
+    """`litellm-openmeter serve` on a fresh database, in its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "litellm_openmeter.cli", "serve"),
+            *("--port", str(port), "--db", str(folder / f"server-{port}.sqlite3")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v1/meters", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("litellm-openmeter serve did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def bench_drain(
+    count: int, folder: Path, endpoint: Callable[[], AbstractContextManager[str]], name: str
+) -> dict[str, Any]:
+    """The sender's events/s: ``count`` events wait in the outbox (written while the
+    endpoint was down), then a new process delivers them to ``endpoint``."""
     results = {}
     for run, batch in enumerate((100, 500)):
+        path = folder / f"{name}-{batch}.sqlite3"
         fill_offline(path, run * count, count)
-        with sink() as url:
+        with endpoint() as url:
             started = time.perf_counter()
             logger = OpenMeterLogger(
                 api_key="bench",
@@ -153,6 +168,7 @@ def bench_backlog(count: int, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     for index in range(count):
         logger.record_call(hook_kwargs(index, template), success=True)
+    assert logger.writer.drain(600)
     elapsed = time.perf_counter() - started
     stats = logger.stats()
     files = sum(os.path.getsize(p) for p in folder.glob("backlog.sqlite3*"))
@@ -184,7 +200,13 @@ def main() -> None:
         with sink(0.2) as url:
             hooks.append(bench_hooks(args.hooks, url, folder, "slow_200ms"))
         hooks.append(bench_hooks(args.hooks, f"http://127.0.0.1:{free_port()}", folder, "down"))
-        results = {"hook_time": hooks, "drain": bench_drain(args.drain, folder)}
+        results = {
+            "hook_time": hooks,
+            "drain": bench_drain(args.drain, folder, sink, "drain"),
+            "drain_local_server": bench_drain(
+                args.drain // 2, folder, lambda: local_server(folder), "drain-local"
+            ),
+        }
         if args.backlog:
             results["backlog"] = bench_backlog(args.backlog, folder)
     print(json.dumps(results, indent=2))

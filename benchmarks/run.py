@@ -1,8 +1,8 @@
-"""Run every benchmark and keep the results: python benchmarks/run.py [--quick]
+"""Run every benchmark and keep the results: python benchmarks/run.py [--quick] [NAME ...]
 
-Writes benchmarks/results/<name>.json (ignored by git); BENCHMARKS.md records the
-numbers of a full run with the machine and versions. ``--quick`` uses small sizes to
-check that the scripts work.
+Writes benchmarks/results/<name>.json (ignored by git) and, after ``compare``, the plot
+benchmarks/compare.png; BENCHMARKS.md records the numbers of a full run with the
+machine and versions. ``--quick`` uses small sizes to check that the scripts work.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ RESULTS = HERE / "results"
 FULL = {
     "server": ["--events", "200000", "--query-events", "1000000"],
     "delivery": ["--hooks", "20000", "--drain", "200000", "--backlog", "1000000"],
+    "compare": ["--calls", "2000", "--rounds", "4"],
 }
 QUICK = {
     "server": ["--events", "5000", "--query-events", "20000"],
     "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
+    "compare": ["--calls", "200", "--rounds", "1"],
 }
 
 
@@ -62,11 +64,16 @@ def main() -> None:
             [sys.executable, str(script), *sizes[name]],
             env=env,
             check=True,
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
         ).stdout
         (RESULTS / f"{name}.json").write_text(output)
         print(f"  done in {time.monotonic() - started:.0f}s -> {RESULTS / (name + '.json')}")
+        if name == "compare":
+            subprocess.run(
+                [sys.executable, str(HERE / "plot.py"), str(RESULTS / "compare.json")],
+                check=True,
+            )
 
 
 if __name__ == "__main__":

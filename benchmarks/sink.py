@@ -2,7 +2,9 @@
 optional delay. Run as its own process so it does not share the measured process's GIL.
 
 usage: python benchmarks/sink.py PORT [DELAY_SECONDS]
-Prints READY when listening; counts events in the bodies and prints the total on exit.
+Prints READY when listening. ``GET /count`` answers ``{"events": distinct (source, id)
+received, except subject "warmup"; "received": all events; "last_at": epoch seconds of
+the newest}``. Prints the total on exit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 received = 0
+last_at = 0.0
+distinct: set[tuple[str, str]] = set()
 lock = threading.Lock()
 
 
@@ -28,14 +32,32 @@ def main() -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def do_GET(self) -> None:
+            with lock:
+                body = json.dumps(
+                    {"events": len(distinct), "received": received, "last_at": last_at}
+                ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self) -> None:
-            global received
+            global received, last_at
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             parsed = json.loads(body)
-            with lock:
-                received += len(parsed) if isinstance(parsed, list) else 1
+            events = parsed if isinstance(parsed, list) else [parsed]
             if delay:
                 time.sleep(delay)
+            with lock:
+                received += len(events)
+                distinct.update(
+                    (str(e.get("source")), str(e.get("id")))
+                    for e in events
+                    if e.get("subject") != "warmup"
+                )
+                last_at = time.time()
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()

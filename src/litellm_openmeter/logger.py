@@ -32,6 +32,9 @@ log = logging.getLogger("litellm_openmeter")
 
 _live_loggers: weakref.WeakSet[OpenMeterLogger] = weakref.WeakSet()
 
+HOLD_WAIT_SECONDS = 2.0
+"""The longest a proxy response waits for its held events to be stored."""
+
 
 class OpenMeterLogger(CustomLogger):
     """Meters every LiteLLM call as OpenMeter CloudEvents, durably and off the request path.
@@ -128,7 +131,18 @@ class OpenMeterLogger(CustomLogger):
         call_id, events = prepared
         future = self.writer.submit(Entry(events, hold_for=call_id), wait=True)
         assert future is not None
-        entry = await asyncio.wrap_future(future)
+        try:
+            entry = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), HOLD_WAIT_SECONDS
+            )
+        except asyncio.TimeoutError:
+            # The outbox is slow (locked by another process?): answer anyway. The held
+            # events are still stored; without the hold's key the success hook cannot
+            # replace them, so they are sent as held when the hold runs out.
+            log.warning(
+                "litellm-openmeter: holding call %s took over %ss", call_id, HOLD_WAIT_SECONDS
+            )
+            return
         if entry.held is None:
             return
         with self._lock:

@@ -128,7 +128,7 @@ class Writer:
                 self._on_stored(entry)
             except Exception:  # pragma: no cover - the callback only logs and counts
                 log.exception("litellm-openmeter: error after storing events")
-            if future is not None:
+            if future is not None and not future.cancelled():
                 future.set_result(entry)
         with self._idle:
             self._pending -= len(batch)

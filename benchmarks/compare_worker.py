@@ -1,0 +1,229 @@
+"""One trial of the side-by-side comparison, in a fresh process.
+
+usage: compare_worker.py CONFIG MODE ENDPOINT CALLS FOLDER
+  CONFIG: none | noop | builtin | ours
+  MODE:   sync | async | burst (async, 50 calls at a time: throughput)
+
+Makes CALLS mock completions through LiteLLM with the given callback, timing each call
+(and, in async mode, the event loop's lag), then prints one JSON line with the
+timings and waits for a line on stdin before it exits (the parent counts what the
+ingest endpoint received meanwhile). ``ours`` flushes before it says it is done
+waiting; the others have no such thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+WARMUP = 50
+BURST_CONCURRENCY = 50
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+class NoOpLogger(CustomLogger):
+    """The floor: a CustomLogger whose hooks do nothing."""
+
+    def log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        return None
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        return None
+
+
+def timed(hook_times: list[float], method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a hook to record how long each call of it takes (microseconds)."""
+    if asyncio.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter_ns()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                hook_times.append((time.perf_counter_ns() - started) / 1000)
+
+        return timed_async
+
+    @functools.wraps(method)
+    def timed_sync(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter_ns()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            hook_times.append((time.perf_counter_ns() - started) / 1000)
+
+    return timed_sync
+
+
+def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | None:
+    if config == "none":
+        return None
+    if config == "noop":
+        return NoOpLogger()
+    if config == "builtin":
+        os.environ["OPENMETER_API_KEY"] = "bench-key"
+        os.environ["OPENMETER_API_ENDPOINT"] = endpoint
+        from litellm.integrations.openmeter import OpenMeterLogger as BuiltIn
+
+        return BuiltIn()
+    if config == "ours":
+        from litellm_openmeter import OpenMeterLogger
+
+        return OpenMeterLogger(
+            api_key="bench-key", endpoint=endpoint, outbox_path=folder / "outbox.sqlite3"
+        )
+    raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    pick = lambda share: ordered[min(len(ordered) - 1, int(share * len(ordered)))]  # noqa: E731
+    return {"p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1), "max": round(ordered[-1], 1)}
+
+
+def run_sync(calls: int, user: Callable[[int], str]) -> list[float]:
+    latencies = []
+    for index in range(calls):
+        started = time.perf_counter_ns()
+        litellm.completion(
+            model="gpt-4o", messages=MESSAGES, mock_response="hi there", user=user(index)
+        )
+        latencies.append((time.perf_counter_ns() - started) / 1000)
+    return latencies
+
+
+async def run_async(calls: int, user: Callable[[int], str]) -> tuple[list[float], list[float]]:
+    latencies: list[float] = []
+    lags: list[float] = []
+    running = True
+
+    async def ticker() -> None:
+        while running:
+            started = time.perf_counter_ns()
+            await asyncio.sleep(0.001)
+            lags.append(max(0.0, (time.perf_counter_ns() - started) / 1000 - 1000))
+
+    tick = asyncio.create_task(ticker())
+    for index in range(calls):
+        started = time.perf_counter_ns()
+        await litellm.acompletion(
+            model="gpt-4o", messages=MESSAGES, mock_response="hi there", user=user(index)
+        )
+        latencies.append((time.perf_counter_ns() - started) / 1000)
+    running = False
+    await tick
+    return latencies, lags
+
+
+async def run_burst(calls: int, user: Callable[[int], str]) -> list[float]:
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(BURST_CONCURRENCY)
+
+    async def one(index: int) -> None:
+        async with gate:
+            started = time.perf_counter_ns()
+            await litellm.acompletion(
+                model="gpt-4o", messages=MESSAGES, mock_response="hi there", user=user(index)
+            )
+            latencies.append((time.perf_counter_ns() - started) / 1000)
+
+    await asyncio.gather(*(one(index) for index in range(calls)))
+    return latencies
+
+
+def main() -> None:
+    config, mode, endpoint, calls_text, folder = sys.argv[1:6]
+    calls = int(calls_text)
+    callback = make_callback(config, endpoint, Path(folder))
+    hook_times: list[float] = []
+    if callback is not None:
+        for name in ("log_success_event", "async_log_success_event"):
+            setattr(callback, name, timed(hook_times, getattr(callback, name)))
+        litellm.callbacks = [callback]
+
+    def hooks_done(expected: int) -> bool:
+        """Wait for LiteLLM to run every success hook of the measured calls (sync hooks
+        run later in LiteLLM's thread pool, async ones as tasks on the loop)."""
+        return callback is None or len(hook_times) >= expected
+
+    customer = lambda index: f"customer-{index % 50}"  # noqa: E731
+    first_call = 0.0
+    lags: list[float] = []
+    if mode == "sync":
+        run_sync(WARMUP, lambda index: "warmup")
+        deadline = time.monotonic() + 60
+        while not hooks_done(WARMUP) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hook_times.clear()
+        first_call = time.time()
+        latencies = run_sync(calls, customer)
+        calls_done = time.time()
+        deadline = time.monotonic() + 300
+        while not hooks_done(calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+
+        async def measured() -> tuple[list[float], list[float], float, float]:
+            await run_async(WARMUP, lambda index: "warmup")
+            deadline = time.monotonic() + 60
+            while not hooks_done(WARMUP) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            hook_times.clear()
+            started = time.time()
+            if mode == "burst":
+                latencies, lags = await run_burst(calls, customer), []
+            else:
+                latencies, lags = await run_async(calls, customer)
+            done = time.time()
+            # LiteLLM's logging tasks must finish before the loop closes.
+            deadline = time.monotonic() + 300
+            while not hooks_done(calls) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return latencies, lags, started, done
+
+        latencies, lags, first_call, calls_done = asyncio.run(measured())
+    print(
+        json.dumps(
+            {
+                "config": config,
+                "mode": mode,
+                "calls": calls,
+                "first_call_at": first_call,
+                "calls_done_at": calls_done,
+                "latency_us": percentiles(latencies),
+                "mean_latency_us": round(sum(latencies) / len(latencies), 1),
+                "hook_us": percentiles(hook_times),
+                "hooks_run": len(hook_times),
+                "calls_per_second": round(calls / (calls_done - first_call)),
+                "loop_lag_us": percentiles(lags) if mode == "async" else None,
+            }
+        ),
+        flush=True,
+    )
+    sys.stdin.readline()  # the parent is done counting (or the endpoint is back up)
+    if config == "ours":
+        callback.flush(120)  # type: ignore[union-attr]
+    print("EXIT", flush=True)
+
+
+if __name__ == "__main__":
+    main()
