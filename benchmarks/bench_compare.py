@@ -86,7 +86,11 @@ def trial(config: str, mode: str, state: str, calls: int, folder: Path) -> dict[
         worker.stdin.write("go\n")
         worker.stdin.flush()
         worker.stdout.readline()  # EXIT, after ours flushed
-        worker.wait(120)
+        try:
+            worker.wait(120)
+        except subprocess.TimeoutExpired:  # LiteLLM's exit handlers hung; results are in
+            worker.kill()
+            worker.wait()
         return settle(url, calls, time.monotonic() + 60)
 
     if delay is None:  # down during the calls, back afterwards
@@ -133,6 +137,10 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     return round(statistics.median(values), 1) if values else None
 
                 p50 = median("latency_us", "p50")
+                cpu_floor = statistics.median(
+                    t["cpu_per_call_us"] for t in group if t["config"] == "noop"
+                )
+                cpu = median("cpu_per_call_us")
                 paired = [
                     run["latency_us"]["p50"] / noop["latency_us"]["p50"]
                     for run in runs
@@ -151,6 +159,11 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "paired_ratio_to_noop_p50": (
                             round(statistics.median(paired), 3) if paired else None
                         ),
+                        "mean_latency_us": median("mean_latency_us"),
+                        "cpu_per_call_us": cpu,
+                        "cpu_ratio_to_noop": round(cpu / cpu_floor, 3)
+                        if cpu and cpu_floor
+                        else None,
                         "hook_p50_us": median("hook_us", "p50"),
                         "hook_p99_us": median("hook_us", "p99"),
                         "loop_lag_p50_us": median("loop_lag_us", "p50"),
@@ -170,7 +183,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--trials-file",
+        type=Path,
+        default=HERE / "results" / "compare-trials.jsonl",
+        help="every trial is appended here as it ends (kept if the run stops early)",
+    )
     args = parser.parse_args()
+    args.trials_file.parent.mkdir(exist_ok=True)
+    args.trials_file.write_text("")
     shuffle = random.Random(args.seed).shuffle
     trials = []
     with tempfile.TemporaryDirectory() as name:
@@ -183,6 +204,8 @@ def main() -> None:
                         result = trial(config, mode, state, args.calls, Path(name))
                         result["round"] = round_number
                         trials.append(result)
+                        with args.trials_file.open("a") as kept:
+                            kept.write(json.dumps(result) + "\n")
                         print(
                             f"round {round_number} {state:10} {mode:5} {config:8} "
                             f"p50 {result['latency_us']['p50']} us, "
