@@ -211,6 +211,7 @@ class Outbox:
         self._recent: dict[tuple[str, str], None] = {}
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpointer_pid = -1
+        self._checkpoint_lock = threading.Lock()
         forksafe.track(self)
         self._prepare_file()
         with self._lock:
@@ -261,13 +262,14 @@ class Outbox:
     def after_fork_in_child(self) -> None:
         """Drop the parent's lock and connection (another thread may have held them)."""
         self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._conn = None
         self._checkpointer = None
         self._recent = {}
 
     def close(self) -> None:
         """Close this process's connection (reopened on next use)."""
-        with self._lock:
+        with self._lock, self._checkpoint_lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
@@ -529,15 +531,17 @@ class Outbox:
         truncating checkpoint, which holds writers back for its few milliseconds,
         brings the file back to nothing.
         """
-        if self._checkpointer is None or self._checkpointer_pid != os.getpid():
-            self._checkpointer = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._checkpointer.execute("PRAGMA busy_timeout=2000")
-            self._checkpointer_pid = os.getpid()
-        _, frames, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames > WAL_RESTART_FRAMES:
-            self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._checkpoint_lock:  # close() from another thread must wait for it
+            if self._checkpointer is None or self._checkpointer_pid != os.getpid():
+                self._checkpointer = sqlite3.connect(
+                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                self._checkpointer.execute("PRAGMA busy_timeout=2000")
+                self._checkpointer_pid = os.getpid()
+            checkpointer = self._checkpointer
+            _, frames, _ = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > WAL_RESTART_FRAMES:
+                checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- operators' side ------------------------------------------------------------
 

@@ -114,9 +114,14 @@ class Sender:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+            if thread.is_alive():
+                return  # still sending: the thread closes its client when it ends
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's thread and client; the child starts its own lazily."""
@@ -141,6 +146,8 @@ class Sender:
             with self._idle:
                 self._idle.notify_all()
             self._sleep(delay)
+        if self._stop.is_set():
+            self._close_transport()
 
     def _sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds. While delivery is healthy, new events or a flush end
