@@ -181,8 +181,7 @@ def bench_backlog(count: int, folder: Path) -> dict[str, Any]:
         "outbox_bytes_counted": stats["outbox_bytes"],
         "outbox_file_bytes": files,
     }
-    logger.sender.stop(1)
-    logger.outbox.close()
+    logger.close(timeout=0.1)  # the endpoint is down: the events stay in the outbox
     return result
 
 

@@ -113,3 +113,47 @@ def test_the_holds_of_a_killed_process_are_sent(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_writer_bounds_what_waits_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import threading
+
+    from litellm_openmeter import writer as writer_module
+    from litellm_openmeter.outbox import Entry
+    from litellm_openmeter.writer import Writer
+
+    monkeypatch.setattr(writer_module, "MAX_PENDING", 5)
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    stored: list[Entry] = []
+    writer = Writer(outbox, stored.append)
+    blocker = sqlite3.connect(tmp_path / "o.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the disk is stuck: the writer cannot commit
+    submitted: list[int] = []
+
+    def produce() -> None:
+        for n in range(20):
+            writer.submit(Entry([event(f"w{n}")]))
+            submitted.append(n)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_for(lambda: len(submitted) == 5, what="the producer to fill the queue")
+    assert not wait_for_quietly(lambda: len(submitted) > 5, seconds=0.5)
+    blocker.execute("COMMIT")
+    producer.join(60)
+    assert writer.drain(60)
+    assert len(submitted) == 20 and sum(entry.added for entry in stored) == 20
+    assert outbox.stats().queued == 20
+
+
+def wait_for_quietly(condition: Any, seconds: float) -> bool:
+    """Whether ``condition`` becomes true within ``seconds`` (False is the expected
+    outcome here: the producer must stay blocked)."""
+    try:
+        wait_for(condition, timeout=seconds, what="")
+    except AssertionError:
+        return False
+    return True

@@ -23,6 +23,10 @@ from .outbox import Entry, Outbox
 log = logging.getLogger("litellm_openmeter")
 
 MAX_ENTRIES_PER_COMMIT = 2000
+MAX_PENDING = 10_000
+"""Entries waiting for the writer before ``submit`` waits for room: memory stays
+bounded when calls come faster than the disk takes them (never the case at LiteLLM's
+own pace: the writer stores tens of thousands of events a second)."""
 
 Stored = Callable[[Entry], None]
 
@@ -51,11 +55,16 @@ class Writer:
         done when it is stored (for callers that must not go on before that)."""
         future: Future[Entry] | None = Future() if wait else None
         with self._idle:
+            while self._pending >= MAX_PENDING and self._writing():
+                self._idle.wait(1.0)
             self._pending += 1
         self._queue.put((entry, future))
-        if self._thread is None or not self._thread.is_alive():
+        if not self._writing():
             self._start()
         return future
+
+    def _writing(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything submitted so far is stored; False on timeout."""
@@ -132,5 +141,4 @@ class Writer:
                 future.set_result(entry)
         with self._idle:
             self._pending -= len(batch)
-            if not self._pending:
-                self._idle.notify_all()
+            self._idle.notify_all()
