@@ -104,6 +104,22 @@ def make_logger(tmp_path: Path, ingest: RecordingServer) -> Iterator[Callable[..
         logger.close(timeout=1.0)
 
 
+def cloud_event(
+    event_id: str, subject: str, data: dict[str, Any] | None, **fields: Any
+) -> dict[str, Any]:
+    """A valid CloudEvent of type litellm_tokens from source "test" (``fields`` add to
+    or replace the envelope's)."""
+    return {
+        "specversion": "1.0",
+        "type": "litellm_tokens",
+        "id": event_id,
+        "source": "test",
+        "subject": subject,
+        "data": data,
+        **fields,
+    }
+
+
 def free_port() -> int:
     import socket
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import cloud_event, free_port, wait_for
 from ingest_server import Answer, Recorded, RecordingServer
 
 WORKER = Path(__file__).with_name("worker_process.py")
@@ -90,19 +90,7 @@ def test_leases_of_a_killed_unreaped_process_are_void(tmp_path: Path) -> None:
     from litellm_openmeter.outbox import Outbox
 
     outbox = Outbox(tmp_path / "zombie.sqlite3")
-    outbox.enqueue(
-        [
-            {
-                "specversion": "1.0",
-                "type": "t",
-                "id": f"z{n}",
-                "source": "s",
-                "subject": "u",
-                "data": {},
-            }
-            for n in range(3)
-        ]
-    )
+    outbox.enqueue([cloud_event(f"z{n}", "u", {}) for n in range(3)])
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         assert len(outbox.claim(f"{child.pid}-dead", 10, lease_seconds=3600)) == 3

@@ -16,18 +16,11 @@ import pytest
 from litellm_openmeter.events import CloudEvent
 from litellm_openmeter.outbox import Claimed, Outbox, OutboxFull, encode
 
-from conftest import wait_for
+from conftest import cloud_event, wait_for
 
 
 def event(event_id: str, tokens: int = 1, subject: str = "cust") -> CloudEvent:
-    return {
-        "specversion": "1.0",
-        "type": "litellm_tokens",
-        "id": event_id,
-        "source": "test",
-        "subject": subject,
-        "data": {"total_tokens": tokens},
-    }
+    return cloud_event(event_id, subject, {"total_tokens": tokens})
 
 
 def bodies(outbox: Outbox) -> dict[str, dict[str, Any]]:

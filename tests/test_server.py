@@ -15,32 +15,24 @@ import pytest
 from litellm_openmeter.meters import Meter
 from litellm_openmeter.server import BackgroundServer, open_store
 
-from conftest import wait_for
+from conftest import cloud_event, wait_for
 
 CE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 
 
 def event(event_id: str, subject: str = "alice", **data: Any) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "type": "litellm_tokens",
-        "id": event_id,
-        "source": "test",
-        "subject": subject,
-        "time": "2026-11-20T10:15:30.750Z",
-        "data": {
-            "model": "gpt-4o",
-            "cost": 0.25,
-            "prompt_tokens": 10,
-            "completion_tokens": 5,
-            "total_tokens": 15,
-            "cache_read_tokens": 2,
-            "cache_creation_tokens": 0,
-            "reasoning_tokens": 1,
-            **data,
-        },
+    values = {
+        "model": "gpt-4o",
+        "cost": 0.25,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "cache_read_tokens": 2,
+        "cache_creation_tokens": 0,
+        "reasoning_tokens": 1,
     }
+    return cloud_event(event_id, subject, {**values, **data}, time="2026-11-20T10:15:30.750Z")
 
 
 @pytest.fixture

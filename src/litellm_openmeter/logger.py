@@ -242,7 +242,7 @@ class OpenMeterLogger(CustomLogger):
             self._closed = True
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         self.writer.stop(wait)
-        delivered = self.flush(timeout) if not self.outbox.is_empty() else True
+        delivered = self.flush(wait) if not self.outbox.is_empty() else True
         self.sender.stop(timeout=1.0)
         self.outbox.close()
         return delivered

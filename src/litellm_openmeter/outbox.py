@@ -121,6 +121,8 @@ class Entry:
     """A call id: hold these events for that call (see :meth:`Outbox.hold`)."""
     hold_seconds: float = HOLD_SECONDS
     added: int = 0
+    settled: int = 0
+    """Held events of ``settle`` that were still held and are now gone."""
     held: Held | None = None
     refused: str = ""
     """Why nothing was stored, or empty."""
@@ -288,27 +290,25 @@ class Outbox:
         Raises :class:`OutboxFull` (storing none of them) when the byte limit would
         be passed; held events then stay held.
         """
-        entry = Entry(list(events), settle=settle)
-        self.write([entry])
-        if entry.refused:
-            raise OutboxFull(entry.refused)
-        return entry.added
+        return self._write_one(Entry(list(events), settle=settle)).added
 
     def hold(self, events: Sequence[CloudEvent], call: str, seconds: float = HOLD_SECONDS) -> Held:
         """Store events that must not be sent yet, because the call they bill may still
         end otherwise: they are sent when this process dies or ``seconds`` pass, unless
         :meth:`enqueue` settles them first or :meth:`drop` removes them."""
-        entry = Entry(list(events), hold_for=call, hold_seconds=seconds)
+        held = self._write_one(Entry(list(events), hold_for=call, hold_seconds=seconds)).held
+        assert held is not None
+        return held
+
+    def drop(self, held: Held) -> int:
+        """Forget held events that are still held (their call failed); returns how many."""
+        return self._write_one(Entry([], settle=held)).settled
+
+    def _write_one(self, entry: Entry) -> Entry:
         self.write([entry])
         if entry.refused:
             raise OutboxFull(entry.refused)
-        assert entry.held is not None
-        return entry.held
-
-    def drop(self, held: Held) -> int:
-        """Forget held events that are still held (their call failed)."""
-        with self._transaction() as conn:
-            return self._delete_held(conn, held)
+        return entry
 
     def write(self, entries: Sequence[Entry]) -> None:
         """Store several entries in one transaction (one commit for many calls).
@@ -350,7 +350,7 @@ class Outbox:
                     continue  # held events of its call, if any, stay: better than nothing
                 stored += incoming
                 if entry.settle is not None:
-                    self._delete_held(conn, entry.settle)
+                    entry.settled = self._delete_held(conn, entry.settle)
                 for source, event_id, body, size in rows:
                     entry.added += conn.execute(
                         "INSERT INTO events (source, id, body, size, enqueued_at, lease_owner, "

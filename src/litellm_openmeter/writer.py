@@ -96,7 +96,7 @@ class Writer:
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._writing():
                 return
             self._thread = threading.Thread(
                 target=self._run, name=f"litellm-openmeter-writer-{os.getpid()}", daemon=True
@@ -104,25 +104,26 @@ class Writer:
             self._thread.start()
 
     def _run(self) -> None:
+        stopping = False
         while True:
-            item = self._queue.get()
+            try:  # once stop() was asked, only what is already queued remains
+                item = self._queue.get_nowait() if stopping else self._queue.get()
+            except queue.Empty:
+                return
             batch = []
-            stopping = item is None
-            if item is not None:
-                batch.append(item)
-            while len(batch) < MAX_ENTRIES_PER_COMMIT:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while True:
                 if item is None:
                     stopping = True
                 else:
                     batch.append(item)
+                if len(batch) >= MAX_ENTRIES_PER_COMMIT:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if batch:
                 self._store(batch)
-            if stopping and self._queue.empty():
-                return
 
     def _store(self, batch: list[tuple[Entry, Future[Entry] | None]]) -> None:
         entries = [entry for entry, _ in batch]

@@ -146,6 +146,20 @@ def _wanted(meters: Iterable[Meter]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(keys))
 
 
+def _merge(
+    merged: dict[tuple[Any, ...], list[Any]], rows: Iterable[tuple[Any, ...]], key_width: int
+) -> None:
+    """Add rollup rows (key columns, then rows, then sum and count pairs) into ``merged``."""
+    for row in rows:
+        key = row[:key_width]
+        into = merged.get(key)
+        if into is None:
+            merged[key] = list(row)
+            continue
+        for at in range(key_width, len(row)):
+            into[at] += row[at]
+
+
 class Layout:
     """The facts and rollup tables of one event type."""
 
@@ -211,19 +225,8 @@ class Layout:
                 self._checks.append((meter, column, index[meter.value_property]))
 
     def add_pending(self, rows: Iterable[tuple[Any, ...]], last_seq: int) -> None:
-        """Merge hourly rollup rows (from :meth:`extract`) into the unwritten deltas."""
-        width = 2 + len(self._group_at)  # hour, subject, groups...
-        pending = self.pending
-        for row in rows:
-            key = row[:width]
-            into = pending.get(key)
-            if into is None:
-                pending[key] = list(row)
-                continue
-            into[width] += 1
-            for at in range(width + 1, len(row), 2):
-                into[at] += row[at]
-                into[at + 1] += row[at + 1]
+        """Merge hourly rollup rows (from :meth:`rollup_row`) into the unwritten deltas."""
+        _merge(self.pending, rows, 2 + len(self._group_at))
         self.pending_seq = max(self.pending_seq, last_seq)
 
     def write_pending(self, conn: sqlite3.Connection) -> None:
@@ -231,13 +234,13 @@ class Layout:
         transaction)."""
         hourly = [tuple(row) for row in self.pending.values()]
         for granularity, table in self.rollups.items():
-            rows = (
-                hourly
-                if granularity == _HOUR
-                else self.combine(
-                    [(row[0] // granularity * granularity, *row[1:]) for row in hourly]
-                )
-            )
+            if granularity != _HOUR:
+                merged: dict[tuple[Any, ...], list[Any]] = {}
+                coarser = ((row[0] // granularity * granularity, *row[1:]) for row in hourly)
+                _merge(merged, coarser, 2 + len(self._group_at))
+                rows = [tuple(row) for row in merged.values()]
+            else:
+                rows = hourly
             conn.executemany(self.rollup_sql(table), rows)
         conn.execute(
             "INSERT INTO rollup_marks (tag, seq) VALUES (?, ?) "
@@ -245,22 +248,6 @@ class Layout:
             (self.tag, self.pending_seq),
         )
         self.pending = {}
-
-    def combine(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Merge rollup rows with the same key."""
-        width = 3 + len(self._group_at)  # hour, subject, groups..., rows
-        merged: dict[tuple[Any, ...], list[Any]] = {}
-        for row in rows:
-            key = row[: width - 1]
-            into = merged.get(key)
-            if into is None:
-                merged[key] = list(row)
-                continue
-            into[width - 1] += row[width - 1]
-            for at in range(width, len(row), 2):
-                into[at] += row[at]
-                into[at + 1] += row[at + 1]
-        return [tuple(row) for row in merged.values()]
 
     def rollup_row(self, moment: int, subject: str, values: Sequence[Any]) -> tuple[Any, ...]:
         """The hourly rollup row of one event, from its facts values."""
@@ -381,15 +368,15 @@ class Store:
                         layout.pending_seq = last[0] or 0
                         layout.write_pending(conn)
                         continue
-                    mark = row[0]
-                    rows = [
-                        (seq, layout.rollup_row(moment, subject, values))
-                        for seq, moment, subject, *values in conn.execute(
-                            f"SELECT * FROM {layout.facts} WHERE seq > ? ORDER BY seq", (mark,)
-                        )
-                    ]
-                    if rows:
-                        layout.add_pending((roll for _, roll in rows), rows[-1][0])
+                    last_seq = row[0]
+                    rolls = []
+                    for seq, moment, subject, *values in conn.execute(
+                        f"SELECT * FROM {layout.facts} WHERE seq > ? ORDER BY seq", (last_seq,)
+                    ):
+                        rolls.append(layout.rollup_row(moment, subject, values))
+                        last_seq = seq
+                    if rolls:
+                        layout.add_pending(rolls, last_seq)
                         layout.write_pending(conn)
             finally:
                 conn.execute("COMMIT")
@@ -407,7 +394,8 @@ class Store:
 
     def _write_rollups(self) -> None:
         for layout in self.layouts.values():
-            layout.write_pending(self._writer)
+            if layout.pending:
+                layout.write_pending(self._writer)
         self._rolled_at = time.monotonic()
 
     def _attach_meters(self) -> None:
