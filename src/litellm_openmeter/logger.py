@@ -197,7 +197,7 @@ class OpenMeterLogger(CustomLogger):
 
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
         """Turn one call's hook arguments into events and hand them to the writer
-        thread, which stores them in the outbox within about a millisecond; never
+        thread, which stores them in the outbox within ``writer.COMMIT_INTERVAL``; never
         raises. Returns the events (empty when none or on failure).
         """
         call_id = "unknown"

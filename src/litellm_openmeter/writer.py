@@ -3,8 +3,14 @@
 A hook hands its events over and returns at once; the writer stores whatever has
 arrived meanwhile in one SQLite transaction. The request path then never waits for a
 commit, nor for the GIL after SQLite gave it up (with another thread busy, taking it
-back can cost milliseconds), and many calls share one commit. Events reach the disk
-within about a millisecond of their hook; ``drain`` waits for that.
+back can cost milliseconds), and many calls share one commit.
+
+While calls keep coming the writer commits at most every ``COMMIT_INTERVAL`` seconds:
+each commit wakes a thread that then competes with LiteLLM's own for the GIL, and at a
+few hundred calls a second one wake-up per call costs the calls themselves measurably.
+An event is on disk within that interval of its hook (within about a millisecond after
+a quiet spell); a caller that waits for its entry (a proxy hold), ``drain`` and
+``stop`` end the pause at once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .outbox import Entry, Outbox
 log = logging.getLogger("litellm_openmeter")
 
 MAX_ENTRIES_PER_COMMIT = 2000
+COMMIT_INTERVAL = 0.02
+"""The shortest time between two commits while entries keep arriving."""
 MAX_PENDING = 10_000
 """Entries waiting for the writer before ``submit`` waits for room: memory stays
 bounded when calls come faster than the disk takes them (never the case at LiteLLM's
@@ -46,6 +54,8 @@ class Writer:
         )
         self._pending = 0
         self._idle = threading.Condition()
+        self._urgent = threading.Event()
+        self._last_commit = 0.0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         forksafe.track(self)
@@ -53,12 +63,14 @@ class Writer:
     def submit(self, entry: Entry, wait: bool = False) -> Future[Entry] | None:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
         done when it is stored (for callers that must not go on before that)."""
-        future: Future[Entry] | None = Future() if wait else None
+        future: Future[Entry] | None = Future() if wait else None  # also: commit now
         with self._idle:
             while self._pending >= MAX_PENDING and self._writing():
                 self._idle.wait(1.0)
             self._pending += 1
         self._queue.put((entry, future))
+        if wait:
+            self._urgent.set()
         if not self._writing():
             self._start()
         return future
@@ -69,6 +81,7 @@ class Writer:
     def drain(self, timeout: float) -> bool:
         """Wait until everything submitted so far is stored; False on timeout."""
         deadline = time.monotonic() + timeout
+        self._urgent.set()
         with self._idle:
             while self._pending:
                 remaining = deadline - time.monotonic()
@@ -83,6 +96,7 @@ class Writer:
         if thread is None or not thread.is_alive():
             return self._pending == 0
         self._queue.put(None)
+        self._urgent.set()
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -91,6 +105,7 @@ class Writer:
         self._queue = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
+        self._urgent = threading.Event()
         self._thread = None
         self._start_lock = threading.Lock()
 
@@ -110,6 +125,10 @@ class Writer:
                 item = self._queue.get_nowait() if stopping else self._queue.get()
             except queue.Empty:
                 return
+            pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
+            if pause > 0 and not stopping and item is not None and item[1] is None:
+                self._urgent.wait(pause)  # let more calls join this commit
+            self._urgent.clear()
             batch = []
             while True:
                 if item is None:
@@ -124,6 +143,7 @@ class Writer:
                     break
             if batch:
                 self._store(batch)
+                self._last_commit = time.monotonic()
 
     def _store(self, batch: list[tuple[Entry, Future[Entry] | None]]) -> None:
         entries = [entry for entry, _ in batch]
