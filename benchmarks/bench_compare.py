@@ -6,6 +6,7 @@ Every trial is a fresh process (``compare_worker.py``); trials are interleaved (
 round runs every configuration once, in a shuffled order) and repeated.
 
 Run: python benchmarks/bench_compare.py [--calls 2000] [--rounds 3]
+     [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
 rounds with the ratio of median latency to the no-op floor.
 """
@@ -125,6 +126,8 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             for config in CONFIGS:
                 runs = [t for t in group if t["config"] == config]
+                if not runs:
+                    continue
 
                 def median(*path: str, runs: list[dict[str, Any]] = runs) -> float | None:
                     values = []
@@ -183,6 +186,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    parser.add_argument("--states", default=",".join(STATES), help="comma-separated subset")
     parser.add_argument(
         "--trials-file",
         type=Path,
@@ -190,15 +196,22 @@ def main() -> None:
         help="every trial is appended here as it ends (kept if the run stops early)",
     )
     args = parser.parse_args()
+    configs = [config for config in CONFIGS if config in args.configs.split(",")]
+    if "noop" not in configs:
+        parser.error("--configs must include noop: every ratio is to it")
+    modes = [mode for mode in MODES if mode in args.modes.split(",")]
+    states = [state for state in STATES if state in args.states.split(",")]
     args.trials_file.parent.mkdir(exist_ok=True)
     args.trials_file.write_text("")
     shuffle = random.Random(args.seed).shuffle
     trials = []
     with tempfile.TemporaryDirectory() as name:
         for round_number in range(args.rounds):
-            for state in STATES:
-                for mode in MODES if state == "healthy" else MODES[:2]:
-                    order = list(CONFIGS)
+            for state in states:
+                for mode in modes:
+                    if mode == "burst" and state != "healthy":
+                        continue  # throughput is measured against a healthy endpoint
+                    order = list(configs)
                     shuffle(order)
                     for config in order:
                         result = trial(config, mode, state, args.calls, Path(name))

@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,39 @@ def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | No
             api_key="bench-key", endpoint=endpoint, outbox_path=folder / "outbox.sqlite3"
         )
     raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
+
+
+def thread_usage() -> dict[str, tuple[float, int]]:
+    """CPU seconds and context switches so far of every live thread, by thread name
+    (Linux /proc; empty elsewhere). Names are made unique with their native id."""
+    usage: dict[str, tuple[float, int]] = {}
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for thread in threading.enumerate():
+        task = Path(f"/proc/self/task/{thread.native_id}")
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+        name = thread.name.split("-")[0] if thread.name.startswith("ThreadPool") else thread.name
+        usage[f"{name}#{thread.native_id}"] = (cpu, switches)
+    return usage
+
+
+def per_thread(before: dict[str, tuple[float, int]], calls: int) -> dict[str, dict[str, float]]:
+    """Per call, for each thread: CPU microseconds and context switches since ``before``."""
+    result = {}
+    for key, (cpu, switches) in thread_usage().items():
+        cpu0, switches0 = before.get(key, (0.0, 0))
+        if cpu - cpu0 <= 0 and switches - switches0 <= 0:
+            continue
+        result[key.rsplit("#", 1)[0] + "#" + key.rsplit("#", 1)[1][-4:]] = {
+            "cpu_us": round((cpu - cpu0) / calls * 1e6, 1),
+            "switches": round((switches - switches0) / calls, 2),
+        }
+    return result
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -176,6 +210,7 @@ def main() -> None:
         hook_times.clear()
         first_call = time.time()
         cpu_started = time.process_time()
+        threads_before = thread_usage()
         latencies = run_sync(calls, customer)
         calls_done = time.time()
         deadline = time.monotonic() + 300
@@ -183,6 +218,7 @@ def main() -> None:
             time.sleep(0.01)
         cpu_used = time.process_time() - cpu_started
     else:
+        threads_before: dict[str, tuple[float, int]] = {}
 
         async def measured() -> tuple[list[float], list[float], float, float, float]:
             await run_async(WARMUP, lambda index: "warmup")
@@ -192,6 +228,7 @@ def main() -> None:
             hook_times.clear()
             started = time.time()
             cpu = time.process_time()
+            threads_before.update(thread_usage())
             if mode == "burst":
                 latencies, lags = await run_burst(calls, customer), []
             else:
@@ -201,8 +238,10 @@ def main() -> None:
             deadline = time.monotonic() + 300
             while not hooks_done(calls) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            threads.update(per_thread(threads_before, calls))
             return latencies, lags, started, done, time.process_time() - cpu
 
+        threads: dict[str, dict[str, float]] = {}
         latencies, lags, first_call, calls_done, cpu_used = asyncio.run(measured())
     print(
         json.dumps(
@@ -221,6 +260,8 @@ def main() -> None:
                 "hooks_run": len(hook_times),
                 "calls_per_second": round(calls / (calls_done - first_call)),
                 "loop_lag_us": percentiles(lags) if mode == "async" else None,
+                # per thread, per call: where the CPU went and how often threads switched
+                "threads": threads,
             }
         ),
         flush=True,
