@@ -25,10 +25,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import orjson
 
 from . import forksafe
 from .events import CloudEvent
+
+_T = TypeVar("_T")
 
 DELIVERED_MEMORY_SECONDS = 600.0
 """How long delivered ids are remembered to drop late duplicates."""
@@ -193,9 +197,28 @@ def _zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
+def _chunks(values: list[_T], size: int = 500) -> Iterator[list[_T]]:
+    """Values in chunks that fit one statement's variables (999 in older SQLite)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
 def encode(event: CloudEvent) -> str:
-    """Compact JSON of one event, as stored and sent."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON of one event, as stored and sent (UTF-8, no spaces).
+
+    orjson, several times faster than the standard library, on the writer's path;
+    the standard library for what orjson refuses (integers beyond 64 bits). orjson
+    would write a NaN as null: events never hold one (``usage`` drops non-finite
+    numbers before they get there).
+    """
+    try:
+        return orjson.dumps(event).decode()
+    except TypeError:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Outbox:
@@ -424,11 +447,10 @@ class Outbox:
                     alive[pid] = _pid_alive(pid)
                 if not alive[pid]:
                     dead.append(other)
-            for start in range(0, len(dead), 500):
-                chunk = dead[start : start + 500]
+            for chunk in _chunks(dead):
                 conn.execute(
                     "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_until > ? "
-                    f"AND lease_owner IN ({','.join('?' * len(chunk))})",
+                    f"AND lease_owner IN ({_marks(chunk)})",
                     (now, *chunk),
                 )
             rows = conn.execute(
@@ -436,10 +458,11 @@ class Outbox:
                 "WHERE lease_until <= ? ORDER BY lease_until, seq LIMIT ?",
                 (now, limit),
             ).fetchall()
-            if rows:
-                conn.executemany(
-                    "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                    [(owner, now + lease_seconds, row[0]) for row in rows],
+            for seqs in _chunks([row[0] for row in rows]):
+                conn.execute(
+                    "UPDATE events SET lease_owner = ?, lease_until = ? "
+                    f"WHERE seq IN ({_marks(seqs)})",
+                    (owner, now + lease_seconds, *seqs),
                 )
         return [Claimed(*row) for row in rows]
 
@@ -448,9 +471,10 @@ class Outbox:
         now = time.time()
         with self._transaction() as conn:
             removed = 0
-            for item in batch:
+            for seqs in _chunks([item.seq for item in batch]):
                 removed += conn.execute(
-                    "DELETE FROM events WHERE seq = ? AND lease_owner = ?", (item.seq, owner)
+                    f"DELETE FROM events WHERE lease_owner = ? AND seq IN ({_marks(seqs)})",
+                    (owner, *seqs),
                 ).rowcount
             conn.executemany(
                 "INSERT OR REPLACE INTO delivered (source, id, delivered_at) VALUES (?, ?, ?)",
@@ -462,11 +486,12 @@ class Outbox:
     def release(self, owner: str, batch: Sequence[Claimed], error: str) -> None:
         """The batch could not be delivered now: keep it for a retry."""
         with self._transaction() as conn:
-            conn.executemany(
-                "UPDATE events SET lease_owner = NULL, lease_until = 0, attempts = attempts + 1 "
-                "WHERE seq = ? AND lease_owner = ?",
-                [(item.seq, owner) for item in batch],
-            )
+            for seqs in _chunks([item.seq for item in batch]):
+                conn.execute(
+                    "UPDATE events SET lease_owner = NULL, lease_until = 0, "
+                    f"attempts = attempts + 1 WHERE lease_owner = ? AND seq IN ({_marks(seqs)})",
+                    (owner, *seqs),
+                )
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'retried'")
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
 
