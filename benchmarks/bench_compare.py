@@ -5,7 +5,7 @@ and ours, for sync and async mock completions, with the ingest endpoint healthy,
 Every trial is a fresh process (``compare_worker.py``); trials are interleaved (each
 round runs every configuration once, in a shuffled order) and repeated.
 
-Run: python benchmarks/bench_compare.py [--calls 2000] [--rounds 3]
+Run: python benchmarks/bench_compare.py [--calls 1000] [--rounds 6]
      [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
 rounds with the ratio of median latency to the no-op floor.
@@ -183,8 +183,8 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
