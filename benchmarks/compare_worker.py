@@ -209,6 +209,8 @@ def main() -> None:
     customer = lambda index: f"customer-{index % 50}"  # noqa: E731
     first_call = 0.0
     lags: list[float] = []
+    threads_before: dict[str, tuple[float, int]] = {}
+    threads: dict[str, dict[str, float]] = {}
     if mode == "sync":
         run_sync(WARMUP, lambda index: "warmup")
         deadline = time.monotonic() + 60
@@ -218,15 +220,15 @@ def main() -> None:
         hook_cpu.clear()
         first_call = time.time()
         cpu_started = time.process_time()
-        threads_before = thread_usage()
+        threads_before.update(thread_usage())
         latencies = run_sync(calls, customer)
         calls_done = time.time()
         deadline = time.monotonic() + 300
         while not hooks_done(calls) and time.monotonic() < deadline:
             time.sleep(0.01)
         cpu_used = time.process_time() - cpu_started
+        threads.update(per_thread(threads_before, calls))
     else:
-        threads_before: dict[str, tuple[float, int]] = {}
 
         async def measured() -> tuple[list[float], list[float], float, float, float]:
             await run_async(WARMUP, lambda index: "warmup")
@@ -250,7 +252,6 @@ def main() -> None:
             threads.update(per_thread(threads_before, calls))
             return latencies, lags, started, done, time.process_time() - cpu
 
-        threads: dict[str, dict[str, float]] = {}
         latencies, lags, first_call, calls_done, cpu_used = asyncio.run(measured())
     print(
         json.dumps(
