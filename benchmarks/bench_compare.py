@@ -169,6 +169,7 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         else None,
                         "hook_p50_us": median("hook_us", "p50"),
                         "hook_p99_us": median("hook_us", "p99"),
+                        "hook_cpu_p50_us": median("hook_cpu_us", "p50"),
                         "loop_lag_p50_us": median("loop_lag_us", "p50"),
                         "loop_lag_p99_us": median("loop_lag_us", "p99"),
                         "delivered": median("delivered"),
@@ -195,7 +196,17 @@ def main() -> None:
         default=HERE / "results" / "compare-trials.jsonl",
         help="every trial is appended here as it ends (kept if the run stops early)",
     )
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        metavar="TRIALS_FILE",
+        help="run nothing: print the summary of the trials kept in this file",
+    )
     args = parser.parse_args()
+    if args.summarise is not None:
+        kept = [json.loads(line) for line in args.summarise.read_text().splitlines() if line]
+        print(json.dumps({"summary": summarise(kept), "trials": kept}, indent=2))
+        return
     configs = [config for config in CONFIGS if config in args.configs.split(",")]
     if "noop" not in configs:
         parser.error("--configs must include noop: every ratio is to it")

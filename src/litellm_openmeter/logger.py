@@ -335,6 +335,8 @@ class OpenMeterLogger(CustomLogger):
 
 def _close_all_at_exit() -> None:
     for logger in list(_live_loggers):
+        if logger._closed:  # closed by its owner, whose outbox may be gone by now
+            continue
         try:
             logger.close(logger.settings.shutdown_timeout)
         except Exception:  # pragma: no cover - best effort at interpreter exit

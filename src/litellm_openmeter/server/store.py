@@ -324,6 +324,9 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA cache_size=-131072")
+        # A checkpoint (with its fsync) every 40 MB of WAL instead of every 4 MB: under
+        # steady ingest a tenth of the fsyncs, for a WAL file of up to about 40 MB.
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
