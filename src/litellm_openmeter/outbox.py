@@ -25,14 +25,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from . import forksafe
 from .events import CloudEvent
-
-_T = TypeVar("_T")
 
 DELIVERED_MEMORY_SECONDS = 600.0
 """How long delivered ids are remembered to drop late duplicates."""
@@ -197,14 +195,18 @@ def _zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
-def _chunks(values: list[_T], size: int = 500) -> Iterator[list[_T]]:
-    """Values in chunks that fit one statement's variables (999 in older SQLite)."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))
+def _execute_in(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], values: Sequence[object]
+) -> int:
+    """Run ``sql``, whose ``{}`` is an IN list, for ``values`` in chunks of 500 (older
+    SQLite allows 999 variables per statement): one statement per chunk, not per row.
+    Returns the rows changed."""
+    changed = 0
+    for start in range(0, len(values), 500):
+        chunk = values[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        changed += conn.execute(sql.format(marks), (*params, *chunk)).rowcount
+    return changed
 
 
 def encode(event: CloudEvent) -> str:
@@ -447,35 +449,36 @@ class Outbox:
                     alive[pid] = _pid_alive(pid)
                 if not alive[pid]:
                     dead.append(other)
-            for chunk in _chunks(dead):
-                conn.execute(
-                    "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_until > ? "
-                    f"AND lease_owner IN ({_marks(chunk)})",
-                    (now, *chunk),
-                )
+            _execute_in(
+                conn,
+                "UPDATE events SET lease_owner = NULL, lease_until = 0 WHERE lease_until > ? "
+                "AND lease_owner IN ({})",
+                (now,),
+                dead,
+            )
             rows = conn.execute(
                 "SELECT seq, source, id, body, attempts FROM events "
                 "WHERE lease_until <= ? ORDER BY lease_until, seq LIMIT ?",
                 (now, limit),
             ).fetchall()
-            for seqs in _chunks([row[0] for row in rows]):
-                conn.execute(
-                    "UPDATE events SET lease_owner = ?, lease_until = ? "
-                    f"WHERE seq IN ({_marks(seqs)})",
-                    (owner, now + lease_seconds, *seqs),
-                )
+            _execute_in(
+                conn,
+                "UPDATE events SET lease_owner = ?, lease_until = ? WHERE seq IN ({})",
+                (owner, now + lease_seconds),
+                [row[0] for row in rows],
+            )
         return [Claimed(*row) for row in rows]
 
     def ack(self, owner: str, batch: Sequence[Claimed]) -> int:
         """The batch was delivered: forget it and remember its ids."""
         now = time.time()
         with self._transaction() as conn:
-            removed = 0
-            for seqs in _chunks([item.seq for item in batch]):
-                removed += conn.execute(
-                    f"DELETE FROM events WHERE lease_owner = ? AND seq IN ({_marks(seqs)})",
-                    (owner, *seqs),
-                ).rowcount
+            removed = _execute_in(
+                conn,
+                "DELETE FROM events WHERE lease_owner = ? AND seq IN ({})",
+                (owner,),
+                [item.seq for item in batch],
+            )
             conn.executemany(
                 "INSERT OR REPLACE INTO delivered (source, id, delivered_at) VALUES (?, ?, ?)",
                 [(item.source, item.id, now) for item in batch],
@@ -486,12 +489,13 @@ class Outbox:
     def release(self, owner: str, batch: Sequence[Claimed], error: str) -> None:
         """The batch could not be delivered now: keep it for a retry."""
         with self._transaction() as conn:
-            for seqs in _chunks([item.seq for item in batch]):
-                conn.execute(
-                    "UPDATE events SET lease_owner = NULL, lease_until = 0, "
-                    f"attempts = attempts + 1 WHERE lease_owner = ? AND seq IN ({_marks(seqs)})",
-                    (owner, *seqs),
-                )
+            _execute_in(
+                conn,
+                "UPDATE events SET lease_owner = NULL, lease_until = 0, attempts = attempts + 1 "
+                "WHERE lease_owner = ? AND seq IN ({})",
+                (owner,),
+                [item.seq for item in batch],
+            )
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'retried'")
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
 

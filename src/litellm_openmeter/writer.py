@@ -63,14 +63,14 @@ class Writer:
     def submit(self, entry: Entry, wait: bool = False) -> Future[Entry] | None:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
         done when it is stored (for callers that must not go on before that)."""
-        future: Future[Entry] | None = Future() if wait else None  # also: commit now
+        future: Future[Entry] | None = Future() if wait else None
         with self._idle:
             while self._pending >= MAX_PENDING and self._writing():
                 self._idle.wait(1.0)
             self._pending += 1
         self._queue.put((entry, future))
         if wait:
-            self._urgent.set()
+            self._urgent.set()  # a caller that waits gets its commit without the pause
         if not self._writing():
             self._start()
         return future
