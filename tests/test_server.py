@@ -618,3 +618,23 @@ def test_rollups_lost_in_a_crash_are_rebuilt_from_the_facts(tmp_path: Path) -> N
     store.close()
     reopened = open_store(db)  # rolled up once: opening again adds nothing
     assert _cost_by_subject(reopened) == {"cust-0": 5.0, "cust-1": 5.0, "cust-2": 5.0}
+
+
+def test_windows_before_1970_start_on_the_hour_and_day(tmp_path: Path) -> None:
+    from litellm_openmeter.server.store import Query
+
+    store = open_store(tmp_path / "old.sqlite3")
+    store.ingest(
+        [
+            cloud_event("old-1", "alice", {"model": "m", "cost": 1.0}, time="1969-12-31T23:30:00Z"),
+            cloud_event("old-2", "alice", {"model": "m", "cost": 2.0}, time="1969-12-31T22:59:59Z"),
+        ]
+    )
+    hours = store.query("litellm_tokens_cost", Query(window_size="HOUR"))["data"]
+    assert sorted((row["windowStart"], row["value"]) for row in hours) == [
+        ("1969-12-31T22:00:00Z", 2.0),
+        ("1969-12-31T23:00:00Z", 1.0),
+    ]
+    days = store.query("litellm_tokens_cost", Query(window_size="DAY"))["data"]
+    assert [(row["windowStart"], row["value"]) for row in days] == [("1969-12-31T00:00:00Z", 3.0)]
+    store.close()
