@@ -8,7 +8,8 @@ round runs every configuration once, in a shuffled order) and repeated.
 Run: python benchmarks/bench_compare.py [--calls 1000] [--rounds 6]
      [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
-rounds with the ratio of median latency to the no-op floor.
+rounds with the ratio of median latency to the no-op floor (paired by round, with a
+bootstrap 90 % interval of that median: the machine's speed drifts between trials).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import httpx
 from common import HERE, free_port, sink
 
 CONFIGS = ("none", "noop", "builtin", "ours")
+SENDERS = ("builtin", "ours")
+"""The configurations that send events."""
 MODES = ("sync", "async", "burst")
 STATES = {"healthy": 0.0, "slow_200ms": 0.2, "down": None}
 SETTLE_SECONDS = 3.0
@@ -92,6 +95,8 @@ def trial(config: str, mode: str, state: str, calls: int, folder: Path) -> dict[
         except subprocess.TimeoutExpired:  # LiteLLM's exit handlers hung; results are in
             worker.kill()
             worker.wait()
+        if config not in SENDERS:
+            return count(url)  # nothing to wait for
         return settle(url, calls, time.monotonic() + 60)
 
     if delay is None:  # down during the calls, back afterwards
@@ -101,17 +106,29 @@ def trial(config: str, mode: str, state: str, calls: int, folder: Path) -> dict[
     else:
         with sink(delay, port) as url:
             worker, result = run_worker()
-            if config in ("builtin", "ours"):
+            if config in SENDERS:
                 settle(url, calls, time.monotonic() + 120)
             received = finish(worker, url)
-    delivered = received["events"] if config in ("builtin", "ours") else 0
+    delivered = received["events"] if config in SENDERS else 0
     result.update(state=state, delivered=delivered)
-    if config in ("builtin", "ours"):
+    if config in SENDERS:
         result["lost"] = calls - delivered
         if delay == 0.0 and received["last_at"]:
             elapsed = received["last_at"] - result["first_call_at"]
             result["delivered_per_second"] = round(delivered / elapsed) if elapsed > 0 else None
     return result
+
+
+def interval(ratios: list[float], level: float = 0.9, resamples: int = 10_000) -> list[float]:
+    """A bootstrap interval (percentile method) of the median of ``ratios``: how far
+    the median could be from the truth, given the spread between rounds."""
+    if len(ratios) < 3:
+        return []
+    pick = random.Random(1).choices
+    medians = sorted(statistics.median(pick(ratios, k=len(ratios))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    low, high = medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
+    return [round(low, 3), round(high, 3)]
 
 
 def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,6 +179,7 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "paired_ratio_to_noop_p50": (
                             round(statistics.median(paired), 3) if paired else None
                         ),
+                        "paired_ratio_90pct_interval": interval(paired),
                         "mean_latency_us": median("mean_latency_us"),
                         "cpu_per_call_us": cpu,
                         "cpu_ratio_to_noop": round(cpu / cpu_floor, 3)
