@@ -1,5 +1,4 @@
-"""The LiteLLM adapter: a ``CustomLogger`` whose hooks only hand calls to the writer
-thread, which builds their events and stores them.
+"""The LiteLLM adapter: a ``CustomLogger`` whose hooks only build events and store them.
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
 (no required arguments), same environment, same default event shape. Network I/O
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import json
 import logging
 import threading
@@ -165,21 +163,12 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(request_data.get("litellm_call_id") or ""))
 
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
-        # On the request path (the async hooks run on the caller's event loop): the
-        # events are built in the writer thread, between its commits.
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
-            self.writer.submit_later(functools.partial(self._entry_for, kwargs, success))
+            self.record_call(kwargs, success=success)
         with self._lock:
             self._calls_seen += 1
-
-    def _entry_for(self, kwargs: Any, success: bool) -> Entry | None:
-        """In the writer thread: the entry of one hook's call, or None."""
-        call_id, events = self._build(kwargs, success)
-        if not events:
-            return None
-        return Entry(events, settle=self._take_hold(call_id))
 
     def _events_to_hold(self, data: Any) -> tuple[str, list[CloudEvent]] | None:
         try:
@@ -207,19 +196,10 @@ class OpenMeterLogger(CustomLogger):
             self.writer.submit(Entry([], settle=held))
 
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
-        """Turn one call's hook arguments into events here and hand them to the writer
+        """Turn one call's hook arguments into events and hand them to the writer
         thread, which stores them in the outbox within ``writer.COMMIT_INTERVAL``; never
-        raises. Returns the events (empty when none or on failure). LiteLLM's hooks
-        do the same, with the events built in the writer thread.
+        raises. Returns the events (empty when none or on failure).
         """
-        call_id, events = self._build(kwargs, success)
-        if events:
-            self._store(events, self._take_hold(call_id))
-        return events
-
-    def _build(self, kwargs: Any, success: bool) -> tuple[str, list[CloudEvent]]:
-        """The call id and events of one call; a call that cannot be billed as it is
-        becomes a dead letter (and no events). Never raises."""
         call_id = "unknown"
         try:
             if isinstance(kwargs, dict):
@@ -231,15 +211,17 @@ class OpenMeterLogger(CustomLogger):
         except MissingSubjectError as exc:
             log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
             self._keep_dead(exc.events, "no_subject", str(exc))
-            return call_id, []
+            return []
         except Exception as exc:
             detail = (
                 f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
             )
             log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
             self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
-            return call_id, []
-        return call_id, events
+            return []
+        if events:
+            self._store(events, self._take_hold(record.call_id))
+        return events
 
     # -- delivery control ------------------------------------------------------------
 

@@ -1,13 +1,9 @@
-"""The writer: one thread per process that builds hooks' events and stores them in the
-outbox.
+"""The writer: one thread per process that stores hooks' events in the outbox.
 
-A hook hands the call over and returns at once; the writer builds the events of
-whatever has arrived meanwhile and stores them in one SQLite transaction. The request
-path then never waits for a commit, nor for the GIL after SQLite gave it up (with
-another thread busy, taking it back can cost milliseconds), and many calls share one
-commit. Building the events there too keeps the hook to a few microseconds: at a few
-hundred calls a second, work done once per call on the event loop shows in every
-call's latency, while the writer's work lands between calls, a batch at a time.
+A hook hands its events over and returns at once; the writer stores whatever has
+arrived meanwhile in one SQLite transaction. The request path then never waits for a
+commit, nor for the GIL after SQLite gave it up (with another thread busy, taking it
+back can cost milliseconds), and many calls share one commit.
 
 While calls keep coming the writer commits at most every ``COMMIT_INTERVAL`` seconds:
 each commit wakes a thread that then competes with LiteLLM's own for the GIL, and at a
@@ -41,8 +37,6 @@ bounded when calls come faster than the disk takes them (never the case at LiteL
 own pace: the writer stores tens of thousands of events a second)."""
 
 Stored = Callable[[Entry], None]
-Make = Callable[[], "Entry | None"]
-"""Builds an entry in the writer thread (None: nothing to store)."""
 
 
 class Writer:
@@ -55,7 +49,7 @@ class Writer:
     def __init__(self, outbox: Outbox, on_stored: Stored) -> None:
         self.outbox = outbox
         self._on_stored = on_stored
-        self._queue: queue.SimpleQueue[tuple[Entry | Make, Future[Entry] | None] | None] = (
+        self._queue: queue.SimpleQueue[tuple[Entry, Future[Entry] | None] | None] = (
             queue.SimpleQueue()
         )
         self._pending = 0
@@ -70,25 +64,16 @@ class Writer:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
         done when it is stored (for callers that must not go on before that)."""
         future: Future[Entry] | None = Future() if wait else None
-        self._put(entry, future)
-        if wait:
-            self._urgent.set()  # a caller that waits gets its commit without the pause
-        return future
-
-    def submit_later(self, make: Make) -> None:
-        """Queue an entry that ``make`` builds in the writer thread, just before the
-        transaction: the caller (a LiteLLM hook on the request path) only enqueues.
-        ``make`` must not raise; it returns None when there is nothing to store."""
-        self._put(make, None)
-
-    def _put(self, item: Entry | Make, future: Future[Entry] | None) -> None:
         with self._idle:
             while self._pending >= MAX_PENDING and self._writing():
                 self._idle.wait(1.0)
             self._pending += 1
-        self._queue.put((item, future))
+        self._queue.put((entry, future))
+        if wait:
+            self._urgent.set()  # a caller that waits gets its commit without the pause
         if not self._writing():
             self._start()
+        return future
 
     def _writing(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -160,23 +145,10 @@ class Writer:
                 self._store(batch)
                 self._last_commit = time.monotonic()
 
-    def _store(self, items: list[tuple[Entry | Make, Future[Entry] | None]]) -> None:
-        batch: list[tuple[Entry, Future[Entry] | None]] = []
-        for item, future in items:
-            if isinstance(item, Entry):
-                batch.append((item, future))
-                continue
-            try:
-                made = item()
-            except Exception:  # pragma: no cover - makers keep their own errors
-                log.exception("litellm-openmeter: error while building events")
-                made = None
-            if made is not None:
-                batch.append((made, future))
+    def _store(self, batch: list[tuple[Entry, Future[Entry] | None]]) -> None:
         entries = [entry for entry, _ in batch]
         try:
-            if entries:
-                self.outbox.write(entries)
+            self.outbox.write(entries)
         except Exception as exc:
             detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
             for entry in entries:
@@ -189,5 +161,5 @@ class Writer:
             if future is not None and not future.cancelled():
                 future.set_result(entry)
         with self._idle:
-            self._pending -= len(items)
+            self._pending -= len(batch)
             self._idle.notify_all()
