@@ -150,39 +150,3 @@ def wait_for_quietly(condition: Any, seconds: float) -> bool:
     except AssertionError:
         return False
     return True
-
-
-class CountingOutbox(Outbox):
-    """An outbox that records how many entries each transaction stored."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.commits: list[int] = []
-
-    def write(self, entries: Any) -> None:
-        self.commits.append(len(entries))
-        super().write(entries)
-
-
-def test_calls_in_quick_succession_share_a_commit(tmp_path: Path) -> None:
-    from litellm_openmeter.outbox import Entry
-    from litellm_openmeter.writer import Writer
-
-    outbox = CountingOutbox(tmp_path / "o.sqlite3")
-    stored: list[Entry] = []
-    writer = Writer(outbox, stored.append)
-    writer.submit(Entry([event("first")]))
-    wait_for(lambda: len(stored) == 1, what="the first entry (after a quiet spell: at once)")
-    for n in range(50):  # within the writer's pause after that commit
-        writer.submit(Entry([event(f"next{n}")]))
-    wait_for(lambda: len(stored) == 51, what="the pause to end on its own")
-    assert outbox.commits[0] == 1
-    assert len(outbox.commits) <= 5, outbox.commits  # not one commit per call
-    assert outbox.stats().queued == 51
-
-    for n in range(10):
-        writer.submit(Entry([event(f"last{n}")]))
-    future = writer.submit(Entry([event("waited")]), wait=True)  # a proxy hold: no pause
-    assert future is not None and future.result(60).added == 1
-    assert writer.drain(60) and outbox.stats().queued == 62
-    assert writer.stop(60)

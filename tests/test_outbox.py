@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from litellm_openmeter.events import CloudEvent
 from litellm_openmeter.outbox import Entry, Outbox
+from litellm_openmeter.writer import Writer
 
-from conftest import cloud_event
+from conftest import cloud_event, wait_for
 
 
 def event(event_id: str, source: str = "litellm") -> CloudEvent:
-    return {**cloud_event(event_id, "cust", {"total_tokens": 1}), "source": source}
+    return cloud_event(event_id, "cust", {"total_tokens": 1}, source=source)
 
 
 def test_each_entry_counts_only_its_new_events(tmp_path: Path) -> None:
@@ -44,3 +46,36 @@ def test_one_commit_for_many_calls(tmp_path: Path) -> None:
     outbox.write(entries)
     assert [n for n, entry in enumerate(entries) if not entry.added] == [7]
     assert outbox.pending() == 1207
+
+
+class CountingOutbox(Outbox):
+    """An outbox that records how many entries each transaction stored."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits: list[int] = []
+
+    def write(self, entries: Any) -> None:
+        self.commits.append(len(entries))
+        super().write(entries)
+
+
+def test_calls_in_quick_succession_share_a_commit(tmp_path: Path) -> None:
+    outbox = CountingOutbox(tmp_path / "o.sqlite3")
+    stored: list[Entry] = []
+    writer = Writer(outbox, stored.append)
+    writer.submit(Entry([event("first")]))
+    wait_for(lambda: len(stored) == 1, what="the first entry (after a quiet spell: at once)")
+    for n in range(50):  # within the writer's pause after that commit
+        writer.submit(Entry([event(f"next{n}")]))
+    wait_for(lambda: len(stored) == 51, what="the pause to end on its own")
+    assert outbox.commits[0] == 1
+    assert len(outbox.commits) <= 5, outbox.commits  # not one commit per call
+    assert outbox.stats().queued == 51
+
+    for n in range(10):
+        writer.submit(Entry([event(f"last{n}")]))
+    future = writer.submit(Entry([event("waited")]), wait=True)  # a proxy hold: no pause
+    assert future is not None and future.result(60).added == 1
+    assert writer.drain(60) and outbox.stats().queued == 62
+    assert writer.stop(60)
