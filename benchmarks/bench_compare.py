@@ -2,14 +2,17 @@
 and ours, for sync and async mock completions, with the ingest endpoint healthy, slow
 (200 ms per request) and down (it comes back after the calls).
 
-Every trial is a fresh process (``compare_worker.py``); trials are interleaved (each
-round runs every configuration once, in a shuffled order) and repeated.
+Every trial is a fresh process (``compare_worker.py``). In a round, the processes of
+all configurations start together and call in turns of ``--block`` calls, in a
+shuffled order each cycle, until each made ``--calls``: the machine's speed changes
+from one second to the next (by 10-30 % here), and turns let every configuration meet
+the same moments. Rounds repeat that with new processes.
 
-Run: python benchmarks/bench_compare.py [--calls 1000] [--rounds 6]
+Run: python benchmarks/bench_compare.py [--calls 1000] [--block 100] [--rounds 6]
      [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
 rounds with the ratio of median latency to the no-op floor (paired by round, with a
-bootstrap 90 % interval of that median: the machine's speed drifts between trials).
+bootstrap 90 % interval of that median).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +61,18 @@ def settle(url: str, expected: int, deadline: float) -> dict[str, Any]:
     return count(url)
 
 
-def trial(config: str, mode: str, state: str, calls: int, folder: Path) -> dict[str, Any]:
-    port = free_port()
-    delay = STATES[state]
-    endpoint = f"http://127.0.0.1:{port}"
-    worker_folder = folder / f"{config}-{mode}-{state}-{time.monotonic_ns()}"
-    worker_folder.mkdir()
-    command = [sys.executable, str(HERE / "compare_worker.py"), config, mode, endpoint]
-    command += [str(calls), str(worker_folder)]
+class Worker:
+    """One configuration's ``compare_worker.py`` process, driven turn by turn."""
 
-    env = dict(os.environ, PYTHONHASHSEED="0", LITELLM_LOCAL_MODEL_COST_MAP="True")
-
-    def run_worker() -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        with (worker_folder / "stderr.txt").open("w") as errors:
-            worker = subprocess.Popen(
+    def __init__(self, config: str, mode: str, port: int, block: int, folder: Path) -> None:
+        self.config = config
+        self.folder = folder / f"{config}-{mode}-{time.monotonic_ns()}"
+        self.folder.mkdir()
+        command = [sys.executable, str(HERE / "compare_worker.py"), config, mode]
+        command += [f"http://127.0.0.1:{port}", str(block), str(self.folder)]
+        env = dict(os.environ, PYTHONHASHSEED="0", LITELLM_LOCAL_MODEL_COST_MAP="True")
+        with (self.folder / "stderr.txt").open("w") as errors:
+            self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -78,45 +80,82 @@ def trial(config: str, mode: str, state: str, calls: int, folder: Path) -> dict[
                 text=True,
                 env=env,
             )
-        assert worker.stdout is not None
-        line = worker.stdout.readline()
+
+    def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def hear(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
         if not line:
-            tail = (worker_folder / "stderr.txt").read_text()[-3000:]
-            raise RuntimeError(f"worker {config} {mode} {state} died:\n{tail}")
-        return worker, json.loads(line)
+            tail = (self.folder / "stderr.txt").read_text()[-3000:]
+            raise RuntimeError(f"worker {self.config} died:\n{tail}")
+        return line.strip()
 
-    def finish(worker: subprocess.Popen[str], url: str) -> dict[str, Any]:
-        assert worker.stdin is not None and worker.stdout is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-        worker.stdout.readline()  # EXIT, after ours flushed
+    def finish(self) -> None:
+        """Let it exit (ours flushes first); kill it if LiteLLM's exit handlers hang."""
+        self.say("go")
+        self.hear()  # EXIT
         try:
-            worker.wait(120)
-        except subprocess.TimeoutExpired:  # LiteLLM's exit handlers hung; results are in
-            worker.kill()
-            worker.wait()
-        if config not in SENDERS:
-            return count(url)  # nothing to wait for
-        return settle(url, calls, time.monotonic() + 60)
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
-    if delay is None:  # down during the calls, back afterwards
-        worker, result = run_worker()
-        with sink(0.0, port) as url:
-            received = finish(worker, url)
-    else:
-        with sink(delay, port) as url:
-            worker, result = run_worker()
-            if config in SENDERS:
-                settle(url, calls, time.monotonic() + 120)
-            received = finish(worker, url)
-    delivered = received["events"] if config in SENDERS else 0
-    result.update(state=state, delivered=delivered)
-    if config in SENDERS:
-        result["lost"] = calls - delivered
-        if delay == 0.0 and received["last_at"]:
-            elapsed = received["last_at"] - result["first_call_at"]
-            result["delivered_per_second"] = round(delivered / elapsed) if elapsed > 0 else None
-    return result
+
+def run_round(
+    configs: list[str],
+    mode: str,
+    state: str,
+    calls: int,
+    block: int,
+    folder: Path,
+    shuffle: Any,
+) -> list[dict[str, Any]]:
+    """Every configuration in a fresh process, all at once, calling in turns of
+    ``block`` calls (a shuffled order each cycle) until each made ``calls``."""
+    delay = STATES[state]
+    ports = {config: free_port() for config in configs}
+    senders = [config for config in configs if config in SENDERS]
+    with ExitStack() as sinks:
+        urls = {}
+        if delay is not None:
+            urls = {c: sinks.enter_context(sink(delay, ports[c])) for c in senders}
+        workers = {c: Worker(c, mode, ports[c], block, folder) for c in configs}
+        for worker in workers.values():
+            if worker.hear() != "READY":
+                raise RuntimeError(f"worker {worker.config} did not start")
+        for _ in range(max(1, calls // block)):
+            order = list(configs)
+            shuffle(order)
+            for config in order:
+                workers[config].say("go")
+                workers[config].hear()  # DONE
+        results = {}
+        for config, worker in workers.items():
+            worker.say("end")
+            results[config] = json.loads(worker.hear())
+        if delay is None:  # down during the calls, back now
+            urls = {c: sinks.enter_context(sink(0.0, ports[c])) for c in senders}
+        else:
+            for config in senders:
+                settle(urls[config], results[config]["calls"], time.monotonic() + 120)
+        for worker in workers.values():
+            worker.finish()
+        for config in senders:
+            made = results[config]["calls"]
+            received = settle(urls[config], made, time.monotonic() + 60)
+            result = results[config]
+            result.update(delivered=received["events"], lost=made - received["events"])
+            if delay == 0.0 and received["last_at"]:
+                elapsed = received["last_at"] - result["first_call_at"]
+                if elapsed > 0:
+                    result["delivered_per_second"] = round(received["events"] / elapsed)
+    for result in results.values():
+        result.update(state=state, delivered=result.get("delivered", 0))
+    return [results[config] for config in configs]
 
 
 def interval(ratios: list[float], level: float = 0.9, resamples: int = 10_000) -> list[float]:
@@ -204,6 +243,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--block", type=int, default=100, help="calls per turn (sync and async)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
@@ -240,16 +280,18 @@ def main() -> None:
                 for mode in modes:
                     if mode == "burst" and state != "healthy":
                         continue  # throughput is measured against a healthy endpoint
-                    order = list(configs)
-                    shuffle(order)
-                    for config in order:
-                        result = trial(config, mode, state, args.calls, Path(name))
+                    # Throughput: one turn of all the calls each, 50 in flight.
+                    block = args.calls if mode == "burst" else args.block
+                    results = run_round(
+                        configs, mode, state, args.calls, block, Path(name), shuffle
+                    )
+                    for result in results:
                         result["round"] = round_number
                         trials.append(result)
                         with args.trials_file.open("a") as kept:
                             kept.write(json.dumps(result) + "\n")
                         print(
-                            f"round {round_number} {state:10} {mode:5} {config:8} "
+                            f"round {round_number} {state:10} {mode:5} {result['config']:8} "
                             f"p50 {result['latency_us']['p50']} us, "
                             f"delivered {result['delivered']}",
                             file=sys.stderr,

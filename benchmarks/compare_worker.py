@@ -1,14 +1,18 @@
 """One trial of the side-by-side comparison, in a fresh process.
 
-usage: compare_worker.py CONFIG MODE ENDPOINT CALLS FOLDER
+usage: compare_worker.py CONFIG MODE ENDPOINT BLOCK FOLDER
   CONFIG: none | noop | builtin | ours
   MODE:   sync | async | burst (async, 50 calls at a time: throughput)
 
-Makes CALLS mock completions through LiteLLM with the given callback, timing each call
-(and, in async mode, the event loop's lag), then prints one JSON line with the
-timings and waits for a line on stdin before it exits (the parent counts what the
-ingest endpoint received meanwhile). ``ours`` flushes before it says it is done
-waiting; the others have no such thing.
+Makes mock completions through LiteLLM with the given callback in turns of BLOCK
+calls, timing each call (and, in async mode, the event
+loop's lag). It prints ``READY`` after its warm-up; each ``go`` line on stdin is a
+turn, answered ``DONE``; ``end`` ends the turns. The parent runs several workers in
+turns, so that all of them meet the same moments of a machine whose speed changes
+from second to second. Then it prints one JSON line with the timings and waits for a
+line on stdin before it exits (the parent counts what the ingest endpoint received
+meanwhile). ``ours`` flushes before it says it is done waiting; the others have no
+such thing.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import asyncio
 import functools
 import json
 import os
+import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +195,17 @@ async def run_burst(calls: int, user: Callable[[int], str]) -> list[float]:
     return latencies
 
 
+def commands(block: int) -> Iterator[int]:
+    """The parent's turns: after ``READY``, each ``go`` line is a turn of ``block``
+    calls (answered ``DONE``) until ``end``."""
+    print("READY", flush=True)
+    while sys.stdin.readline().strip() == "go":
+        yield block
+
+
 def main() -> None:
-    config, mode, endpoint, calls_text, folder = sys.argv[1:6]
-    calls = int(calls_text)
+    config, mode, endpoint, block_text, folder = sys.argv[1:6]
+    block = int(block_text)
     callback = make_callback(config, endpoint, Path(folder))
     hook_times: list[float] = []
     hook_cpu: list[float] = []
@@ -207,10 +220,26 @@ def main() -> None:
         return callback is None or len(hook_times) >= expected
 
     customer = lambda index: f"customer-{index % 50}"  # noqa: E731
-    first_call = 0.0
+    latencies: list[float] = []
     lags: list[float] = []
+    block_p50: list[float] = []
+    calling = 0.0  # seconds spent in turns
+    first_call_at: list[float] = []
     threads_before: dict[str, tuple[float, int]] = {}
     threads: dict[str, dict[str, float]] = {}
+
+    def turn_starts() -> float:
+        if not first_call_at:
+            first_call_at.append(time.time())
+        return time.perf_counter()
+
+    def turn_done(started: float, turn: list[float]) -> None:
+        nonlocal calling
+        calling += time.perf_counter() - started
+        latencies.extend(turn)
+        block_p50.append(statistics.median(turn))
+        print("DONE", flush=True)
+
     if mode == "sync":
         run_sync(WARMUP, lambda index: "warmup")
         deadline = time.monotonic() + 60
@@ -218,58 +247,66 @@ def main() -> None:
             time.sleep(0.01)
         hook_times.clear()
         hook_cpu.clear()
-        first_call = time.time()
         cpu_started = time.process_time()
         threads_before.update(thread_usage())
-        latencies = run_sync(calls, customer)
-        calls_done = time.time()
+        for size in commands(block):
+            started = turn_starts()
+            turn_done(started, run_sync(size, customer))
+        made = len(latencies)
         deadline = time.monotonic() + 300
-        while not hooks_done(calls) and time.monotonic() < deadline:
+        while not hooks_done(made) and time.monotonic() < deadline:
             time.sleep(0.01)
         cpu_used = time.process_time() - cpu_started
-        threads.update(per_thread(threads_before, calls))
+        threads.update(per_thread(threads_before, made))
     else:
 
-        async def measured() -> tuple[list[float], list[float], float, float, float]:
+        async def measured() -> float:
             await run_async(WARMUP, lambda index: "warmup")
             deadline = time.monotonic() + 60
             while not hooks_done(WARMUP) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             hook_times.clear()
             hook_cpu.clear()
-            started = time.time()
             cpu = time.process_time()
             threads_before.update(thread_usage())
-            if mode == "burst":
-                latencies, lags = await run_burst(calls, customer), []
-            else:
-                latencies, lags = await run_async(calls, customer)
-            done = time.time()
+            # Waiting for the parent blocks the loop: hooks still pending then run in
+            # this process's next turn, not in another configuration's.
+            for size in commands(block):
+                started = turn_starts()
+                if mode == "burst":
+                    turn = await run_burst(size, customer)
+                else:
+                    turn, turn_lags = await run_async(size, customer)
+                    lags.extend(turn_lags)
+                turn_done(started, turn)
+            made = len(latencies)
             # LiteLLM's logging tasks must finish before the loop closes.
             deadline = time.monotonic() + 300
-            while not hooks_done(calls) and time.monotonic() < deadline:
+            while not hooks_done(made) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            threads.update(per_thread(threads_before, calls))
-            return latencies, lags, started, done, time.process_time() - cpu
+            threads.update(per_thread(threads_before, made))
+            return time.process_time() - cpu
 
-        latencies, lags, first_call, calls_done, cpu_used = asyncio.run(measured())
+        cpu_used = asyncio.run(measured())
+    made = max(1, len(latencies))
     print(
         json.dumps(
             {
                 "config": config,
                 "mode": mode,
-                "calls": calls,
-                "first_call_at": first_call,
-                "calls_done_at": calls_done,
+                "calls": len(latencies),
+                "block": block,
+                "first_call_at": first_call_at[0] if first_call_at else None,
                 "latency_us": percentiles(latencies),
-                "mean_latency_us": round(sum(latencies) / len(latencies), 1),
+                "mean_latency_us": round(sum(latencies) / made, 1),
+                "block_p50_us": [round(value, 1) for value in block_p50],
                 # CPU time of every thread of the process, calls and hooks, per call:
                 # steadier than wall time on a shared machine.
-                "cpu_per_call_us": round(cpu_used / calls * 1e6, 1),
+                "cpu_per_call_us": round(cpu_used / made * 1e6, 1),
                 "hook_us": percentiles(hook_times),
                 "hook_cpu_us": percentiles(hook_cpu),
                 "hooks_run": len(hook_times),
-                "calls_per_second": round(calls / (calls_done - first_call)),
+                "calls_per_second": round(made / calling) if calling else None,
                 "loop_lag_us": percentiles(lags) if mode == "async" else None,
                 # per thread, per call: where the CPU went and how often threads switched
                 "threads": threads,
