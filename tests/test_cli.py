@@ -79,6 +79,7 @@ def fill_outbox(tmp_path: Path, count: int, endpoint: str, no_subject: int = 0) 
         kwargs = hook_kwargs(f"nosub-{index}", user="")
         kwargs["standard_logging_object"]["model_parameters"] = {}
         logger.record_call(kwargs, success=True)
+    assert logger.writer.stop(10)
     logger.sender.stop(1)
     logger.outbox.close()
 

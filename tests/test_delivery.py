@@ -22,11 +22,13 @@ from ingest_server import Answer, Recorded, RecordingServer, problem
 
 
 def record(logger: Any, count: int, prefix: str = "call") -> set[str]:
+    """Record ``count`` calls; returns their event ids once the writer stored them."""
     ids = set()
     for index in range(count):
         events = logger.record_call(hook_kwargs(f"{prefix}-{index}"), success=True)
         assert len(events) == 1
         ids.add(events[0]["id"])
+    assert logger.writer.drain(10)
     return ids
 
 

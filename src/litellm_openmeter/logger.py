@@ -65,7 +65,7 @@ class OpenMeterLogger(CustomLogger):
         )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.sender = Sender(self.settings, self.outbox)
-        self.writer = Writer(self.outbox, self._stored)
+        self.writer = Writer(self.outbox, self._stored, self._prepare_call)
         self._unpriced_models: set[str] = set()
         self._held: dict[str, Held] = {}
         self._since_wake = 0
@@ -163,12 +163,25 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(request_data.get("litellm_call_id") or ""))
 
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
+        """A hook's whole work: hand the call to the writer thread, which builds its
+        events (see ``_prepare_call``). Copying the top level of ``kwargs`` keeps what
+        LiteLLM passed even if it changes the dict after the hook."""
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
-            self.record_call(kwargs, success=success)
+            copied = dict(kwargs) if isinstance(kwargs, dict) else kwargs
+            self.writer.submit_later((copied, success))
         with self._lock:
             self._calls_seen += 1
+
+    def _prepare_call(self, call: tuple[Any, bool]) -> Entry | None:
+        """In the writer thread: a hook's call as the entry to store, or None."""
+        kwargs, success = call
+        built = self._build(kwargs, success)
+        if built is None:
+            return None
+        call_id, events = built
+        return Entry(events, settle=self._take_hold(call_id))
 
     def _events_to_hold(self, data: Any) -> tuple[str, list[CloudEvent]] | None:
         try:
@@ -198,8 +211,19 @@ class OpenMeterLogger(CustomLogger):
     def record_call(self, kwargs: Any, *, success: bool) -> list[CloudEvent]:
         """Turn one call's hook arguments into events and hand them to the writer
         thread, which stores them in the outbox within ``writer.COMMIT_INTERVAL``; never
-        raises. Returns the events (empty when none or on failure).
+        raises. Returns the events (empty when none or on failure). The hooks do the
+        same, but build the events in the writer thread.
         """
+        built = self._build(kwargs, success)
+        if built is None:
+            return []
+        call_id, events = built
+        self._store(events, self._take_hold(call_id))
+        return events
+
+    def _build(self, kwargs: Any, success: bool) -> tuple[str, list[CloudEvent]] | None:
+        """The call's id and events; None when there are none, or when they cannot be
+        built (then they are kept as a dead letter). Never raises."""
         call_id = "unknown"
         try:
             if isinstance(kwargs, dict):
@@ -211,17 +235,15 @@ class OpenMeterLogger(CustomLogger):
         except MissingSubjectError as exc:
             log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
             self._keep_dead(exc.events, "no_subject", str(exc))
-            return []
+            return None
         except Exception as exc:
             detail = (
                 f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
             )
             log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
             self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
-            return []
-        if events:
-            self._store(events, self._take_hold(record.call_id))
-        return events
+            return None
+        return (record.call_id, events) if events else None
 
     # -- delivery control ------------------------------------------------------------
 

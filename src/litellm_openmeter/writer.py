@@ -1,16 +1,17 @@
-"""The writer: one thread per process that stores hooks' events in the outbox.
+"""The writer: one thread per process that turns hooks' calls into stored events.
 
-A hook hands its events over and returns at once; the writer stores whatever has
-arrived meanwhile in one SQLite transaction. The request path then never waits for a
-commit, nor for the GIL after SQLite gave it up (with another thread busy, taking it
-back can cost milliseconds), and many calls share one commit.
+A hook hands its call over and returns at once; the writer builds the events of
+whatever has arrived meanwhile and stores them in one SQLite transaction. The request
+path then never waits for a commit, nor for the GIL after SQLite gave it up (with
+another thread busy, taking it back can cost milliseconds), and many calls share one
+commit.
 
-While calls keep coming the writer commits at most every ``COMMIT_INTERVAL`` seconds:
-each commit wakes a thread that then competes with LiteLLM's own for the GIL, and at a
-few hundred calls a second one wake-up per call costs the calls themselves measurably.
-An event is on disk within that interval of its hook (within about a millisecond after
-a quiet spell); a caller that waits for its entry (a proxy hold), ``drain`` and
-``stop`` end the pause at once.
+While calls keep coming the writer works at most every ``COMMIT_INTERVAL`` seconds:
+each turn wakes a thread that then competes with LiteLLM's own for the GIL. A turn per
+call would cost every call a few percent of its latency; a turn per many calls costs
+a few calls a little each and leaves the median alone. An event is on disk within
+that interval of its hook (within about a millisecond after a quiet spell); a caller
+that waits for its entry (a proxy hold), ``drain`` and ``stop`` end the pause at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from . import forksafe
 from .outbox import Entry, Outbox
@@ -29,29 +31,32 @@ from .outbox import Entry, Outbox
 log = logging.getLogger("litellm_openmeter")
 
 MAX_ENTRIES_PER_COMMIT = 2000
-COMMIT_INTERVAL = 0.02
-"""The shortest time between two commits while entries keep arriving."""
+COMMIT_INTERVAL = 0.2
+"""The shortest time between two commits while calls keep arriving."""
 MAX_PENDING = 10_000
 """Entries waiting for the writer before ``submit`` waits for room: memory stays
 bounded when calls come faster than the disk takes them (never the case at LiteLLM's
 own pace: the writer stores tens of thousands of events a second)."""
 
 Stored = Callable[[Entry], None]
+Prepare = Callable[[Any], "Entry | None"]
+Item = tuple[Any, "Future[Entry] | None"]
 
 
 class Writer:
     """Stores entries in the outbox from a thread of its own, many per transaction.
 
     ``on_stored`` is called in the writer thread with every entry once its
-    transaction committed (or failed: ``entry.refused`` then says why).
+    transaction committed (or failed: ``entry.refused`` then says why). ``prepare``
+    turns what :meth:`submit_later` was given into an entry (or None: nothing to
+    store), in the writer thread, just before the transaction.
     """
 
-    def __init__(self, outbox: Outbox, on_stored: Stored) -> None:
+    def __init__(self, outbox: Outbox, on_stored: Stored, prepare: Prepare | None = None) -> None:
         self.outbox = outbox
         self._on_stored = on_stored
-        self._queue: queue.SimpleQueue[tuple[Entry, Future[Entry] | None] | None] = (
-            queue.SimpleQueue()
-        )
+        self._prepare = prepare
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
         self._urgent = threading.Event()
@@ -64,16 +69,24 @@ class Writer:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
         done when it is stored (for callers that must not go on before that)."""
         future: Future[Entry] | None = Future() if wait else None
+        self._put(entry, future)
+        if wait:
+            self._urgent.set()  # a caller that waits gets its commit without the pause
+        return future
+
+    def submit_later(self, work: object) -> None:
+        """Queue ``work`` that ``prepare`` turns into an entry in the writer thread: the
+        cheapest hand-over, for the hooks."""
+        self._put(work, None)
+
+    def _put(self, item: object, future: Future[Entry] | None) -> None:
         with self._idle:
             while self._pending >= MAX_PENDING and self._writing():
                 self._idle.wait(1.0)
             self._pending += 1
-        self._queue.put((entry, future))
-        if wait:
-            self._urgent.set()  # a caller that waits gets its commit without the pause
+        self._queue.put((item, future))
         if not self._writing():
             self._start()
-        return future
 
     def _writing(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -145,15 +158,28 @@ class Writer:
                 self._store(batch)
                 self._last_commit = time.monotonic()
 
-    def _store(self, batch: list[tuple[Entry, Future[Entry] | None]]) -> None:
-        entries = [entry for entry, _ in batch]
+    def _store(self, batch: list[Item]) -> None:
+        ready: list[tuple[Entry, Future[Entry] | None]] = []
+        for item, future in batch:
+            if isinstance(item, Entry):
+                ready.append((item, future))
+                continue
+            try:
+                entry = self._prepare(item) if self._prepare is not None else None
+            except Exception:  # pragma: no cover - prepare keeps what it cannot build
+                log.exception("litellm-openmeter: error while preparing events")
+                entry = None
+            if entry is not None:
+                ready.append((entry, future))
+        entries = [entry for entry, _ in ready]
         try:
-            self.outbox.write(entries)
+            if entries:
+                self.outbox.write(entries)
         except Exception as exc:
             detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
             for entry in entries:
                 entry.refused = entry.refused or detail
-        for entry, future in batch:
+        for entry, future in ready:
             try:
                 self._on_stored(entry)
             except Exception:  # pragma: no cover - the callback only logs and counts
