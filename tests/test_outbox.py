@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from litellm_openmeter import writer as writer_module
 from litellm_openmeter.events import CloudEvent
 from litellm_openmeter.outbox import Entry, Outbox
 from litellm_openmeter.writer import Writer
@@ -78,4 +81,26 @@ def test_calls_in_quick_succession_share_a_commit(tmp_path: Path) -> None:
     future = writer.submit(Entry([event("waited")]), wait=True)  # a proxy hold: no pause
     assert future is not None and future.result(60).added == 1
     assert writer.drain(60) and outbox.stats().queued == 62
+    assert writer.stop(60)
+
+
+def test_a_full_commit_does_not_wait_for_the_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls arriving faster than one commit per pause holds are stored without it."""
+    monkeypatch.setattr(writer_module, "COMMIT_INTERVAL", 3600.0)
+    outbox = CountingOutbox(tmp_path / "o.sqlite3")
+    stored: list[Entry] = []
+    writer = Writer(outbox, stored.append)
+    writer.submit(Entry([event("first")]))
+    wait_for(lambda: len(stored) == 1, what="the first entry (after a quiet spell: at once)")
+    count = 2 * writer_module.MAX_ENTRIES_PER_COMMIT + 1
+    for n in range(count):  # the last one alone waits out the (hour-long) pause
+        writer.submit(Entry([event(f"burst{n}")]))
+    wait_for(
+        lambda: len(stored) == count,
+        what="two full commits without the pause",
+    )
+    assert outbox.commits[1:] == [writer_module.MAX_ENTRIES_PER_COMMIT] * 2
+    assert writer.drain(60) and outbox.stats().queued == count + 1
     assert writer.stop(60)

@@ -32,7 +32,8 @@ log = logging.getLogger("litellm_openmeter")
 
 MAX_ENTRIES_PER_COMMIT = 2000
 COMMIT_INTERVAL = 0.2
-"""The shortest time between two commits while calls keep arriving."""
+"""The shortest time between two commits while calls keep arriving (unless a whole
+commit's worth of them is waiting)."""
 MAX_PENDING = 10_000
 """Entries waiting for the writer before ``submit`` waits for room: memory stays
 bounded when calls come faster than the disk takes them (never the case at LiteLLM's
@@ -84,7 +85,10 @@ class Writer:
             while self._pending >= MAX_PENDING and self._writing():
                 self._idle.wait(1.0)
             self._pending += 1
+            full = self._pending == MAX_ENTRIES_PER_COMMIT
         self._queue.put((item, future))
+        if full:
+            self._urgent.set()  # a full commit is waiting: no reason to pause
         if not self._writing():
             self._start()
 
@@ -139,7 +143,13 @@ class Writer:
             except queue.Empty:
                 return
             pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
-            if pause > 0 and not stopping and item is not None and item[1] is None:
+            if (
+                pause > 0
+                and not stopping
+                and item is not None
+                and item[1] is None
+                and self._pending < MAX_ENTRIES_PER_COMMIT
+            ):
                 self._urgent.wait(pause)  # let more calls join this commit
             self._urgent.clear()
             batch = []
