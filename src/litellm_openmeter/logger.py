@@ -1,8 +1,8 @@
-"""The LiteLLM adapter: a ``CustomLogger`` whose hooks only build events and store them.
+"""The LiteLLM adapter: a ``CustomLogger`` whose hooks only hand the call over.
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
-(no required arguments), same environment, same default event shape. Network I/O
-happens only in the sender thread, never in a hook.
+(no required arguments), same environment, same default event shape. The writer
+thread builds and stores the events; network I/O happens only in the sender thread.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class OpenMeterLogger(CustomLogger):
             f"outbox={str(self.settings.outbox_path)!r})"
         )
 
-    # -- LiteLLM hooks: build and store, nothing else --------------------------------
+    # -- LiteLLM hooks: hand the call to the writer, nothing else --------------------
 
     def log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
