@@ -1,8 +1,9 @@
 """Run every benchmark and keep the results: python benchmarks/run.py [--quick] [NAME ...]
 
 Writes benchmarks/results/<name>.json (ignored by git) and, after ``compare``, the plot
-benchmarks/compare.png; BENCHMARKS.md records the numbers of a full run with the
-machine and versions. ``--quick`` uses small sizes to check that the scripts work.
+benchmarks/compare.png (benchmarks/results/compare.png with ``--quick``); BENCHMARKS.md
+records the numbers of a full run with the machine and versions. ``--quick`` uses small
+sizes to check that the scripts work.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ def main() -> None:
         (RESULTS / f"{name}.json").write_text(output)
         print(f"  done in {time.monotonic() - started:.0f}s -> {RESULTS / (name + '.json')}")
         if name == "compare":
+            # A quick run's plot stays with its results, not over the recorded one.
+            plot = [str(RESULTS / "compare.png")] if args.quick else []
             subprocess.run(
-                [sys.executable, str(HERE / "plot.py"), str(RESULTS / "compare.json")],
+                [sys.executable, str(HERE / "plot.py"), str(RESULTS / "compare.json"), *plot],
                 check=True,
             )
 
