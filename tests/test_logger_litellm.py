@@ -155,10 +155,8 @@ def test_litellm_cache_hit_is_its_own_event(
     assert len({event["id"] for event in events}) == 2  # ...but each call is billed once
 
 
-def test_hook_fired_twice_gives_one_event(
-    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
-) -> None:
-    logger = make_logger()
+def spy_on_hooks(callbacks: list[Any]) -> list[dict[str, Any]]:
+    """Register a callback that keeps the kwargs LiteLLM passes to sync success hooks."""
     seen: list[dict[str, Any]] = []
 
     class Spy(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
@@ -166,6 +164,14 @@ def test_hook_fired_twice_gives_one_event(
             seen.append(kwargs)
 
     callbacks.append(Spy())
+    return seen
+
+
+def test_hook_fired_twice_gives_one_event(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    seen = spy_on_hooks(callbacks)
     litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi", user="u")
     kwargs = wait_for(lambda: seen and seen[0])
     first = logger.record_call(kwargs, success=True)
@@ -198,13 +204,7 @@ def test_hook_keeps_the_call_as_it_was_when_the_hook_ran(
     """The writer builds the events later; what LiteLLM changes in its kwargs after
     the hook must not reach them."""
     logger = make_logger()
-    seen: list[dict[str, Any]] = []
-
-    class Spy(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
-        def log_success_event(self, kwargs: Any, *args: Any, **kw: Any) -> None:
-            seen.append(kwargs)
-
-    callbacks.append(Spy())
+    seen = spy_on_hooks(callbacks)
     for user in ("alice", "bob"):
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi", user=user)
     first, second = wait_for(lambda: len(seen) == 2 and seen)

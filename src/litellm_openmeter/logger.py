@@ -175,7 +175,8 @@ class OpenMeterLogger(CustomLogger):
             self._calls_seen += 1
 
     def _prepare_call(self, call: tuple[Any, bool]) -> Entry | None:
-        """In the writer thread: a hook's call as the entry to store, or None."""
+        """A call as the entry to store (settling its held events), or None; the writer
+        thread runs it for the hooks, ``record_call`` in the caller."""
         kwargs, success = call
         built = self._build(kwargs, success)
         if built is None:
@@ -214,12 +215,11 @@ class OpenMeterLogger(CustomLogger):
         raises. Returns the events (empty when none or on failure). The hooks do the
         same, but build the events in the writer thread.
         """
-        built = self._build(kwargs, success)
-        if built is None:
+        entry = self._prepare_call((kwargs, success))
+        if entry is None:
             return []
-        call_id, events = built
-        self._store(events, self._take_hold(call_id))
-        return events
+        self.writer.submit(entry)
+        return list(entry.events)
 
     def _build(self, kwargs: Any, success: bool) -> tuple[str, list[CloudEvent]] | None:
         """The call's id and events; None when there are none, or when they cannot be
@@ -297,9 +297,6 @@ class OpenMeterLogger(CustomLogger):
         self._lock = threading.Lock()
 
     # -- internals ---------------------------------------------------------------------
-
-    def _store(self, events: list[CloudEvent], settle: Held | None = None) -> None:
-        self.writer.submit(Entry(events, settle=settle))
 
     def _stored(self, entry: Entry) -> None:
         """In the writer thread, after each entry's transaction."""
