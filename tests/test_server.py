@@ -150,6 +150,8 @@ def test_required_fields(client: httpx.Client, field: str, value: Any) -> None:
         ({"specversion": "0.3"}, "specversion"),
         ({"time": "yesterday"}, "time"),
         ({"time": "2026-11-20T10:15:30"}, "time"),
+        ({"time": "0001-01-01T00:00:00+01:00"}, "time"),  # year 0 in UTC
+        ({"time": "9999-12-31T23:59:59-01:00"}, "time"),  # year 10000 in UTC
         ({"data": [1, 2]}, "data"),
         ({"data": "text"}, "data"),
         ({"datacontenttype": "text/plain"}, "datacontenttype"),
@@ -387,6 +389,16 @@ def test_create_meter_backfills(client: httpx.Client) -> None:
             },
             "reserved",
         ),
+        ({"slug": "ok", "aggregation": "COUNT", "eventType": "t", "eventFrom": "May"}, "eventFrom"),
+        (
+            {
+                "slug": "ok",
+                "aggregation": "COUNT",
+                "eventType": "t",
+                "eventFrom": "0001-01-01T00:00:00+01:00",
+            },
+            "eventFrom",
+        ),
     ],
 )
 def test_meter_validation(client: httpx.Client, body: dict[str, Any], word: str) -> None:
@@ -536,6 +548,9 @@ def test_query_validation(client: httpx.Client) -> None:
         client.get(f"/api/v1/meters/{slug}/query", params={"groupBy": "colour"}), 400, "colour"
     )
     assert_problem(client.get(f"/api/v1/meters/{slug}/query", params={"from": "nope"}), 400, "from")
+    for name, text in (("from", "0001-01-01T00:00:00+01:00"), ("to", "9999-12-31T23:59:59-01:00")):
+        assert_problem(client.get(f"/api/v1/meters/{slug}/query", params={name: text}), 400, name)
+        assert_problem(client.get("/api/v1/events", params={name: text}), 400, name)
     assert_problem(
         client.get(
             f"/api/v1/meters/{slug}/query",

@@ -43,8 +43,18 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an RFC 3339 date-time")
     date, clock, fraction, offset = match.groups()
     micro = (fraction or ".0")[1:7].ljust(6, "0")
+    return _in_utc(date, f"{clock}.{micro}", offset)
+
+
+def _in_utc(date: str, clock: str, offset: str) -> datetime:
+    """The instant in UTC; ValueError also when it falls outside the years 1-9999 there
+    (``0001-01-01T00:00:00+01:00`` is a valid RFC 3339 text, but no Python datetime)."""
     offset = "+00:00" if offset in ("Z", "z") else offset
-    return datetime.fromisoformat(f"{date}T{clock}.{micro}{offset}")
+    text = f"{date}T{clock}{offset}"
+    try:
+        return datetime.fromisoformat(text).astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the years 0001-9999 in UTC") from None
 
 
 def format_rfc3339(moment: float | datetime) -> str:
@@ -126,8 +136,7 @@ def validate_event(event: object, now: float) -> ValidEvent:
 @functools.lru_cache(maxsize=8192)
 def _epoch_seconds(date: str, clock: str, offset: str) -> int:
     # Live traffic repeats the same seconds: cache their parse.
-    offset = "+00:00" if offset in ("Z", "z") else offset
-    return int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
+    return int(_in_utc(date, clock, offset).timestamp())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -32,6 +32,7 @@ import orjson
 from ..meters import (
     MISSING,
     Meter,
+    MeterError,
     as_number,
     compile_path,
     group_text,
@@ -417,6 +418,13 @@ class Store:
 
     def create_meter(self, meter: Meter, *, replace: bool = False) -> StoredMeter:
         """Add a meter; its values are filled from the events already stored."""
+        if meter.event_from is not None:
+            try:
+                parse_rfc3339(meter.event_from)
+            except ValueError as exc:
+                raise MeterError(
+                    f"eventFrom: {exc}; use an RFC 3339 date-time such as 2024-01-01T00:00:00Z"
+                ) from None
         with self._write_lock:
             existing = self.meters.get(meter.slug)
             if existing is not None:
