@@ -105,3 +105,34 @@ def test_leases_of_a_killed_unreaped_process_are_void(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_the_delivery_process_sends_what_its_killed_parent_stored(tmp_path: Path) -> None:
+    """The endpoint is down while the worker stores 30 calls; the worker is killed; the
+    endpoint comes back: the worker's delivery process, which outlived it, sends every
+    event once within its shutdown timeout, then exits."""
+    outbox = tmp_path / "outbox.sqlite3"
+    port = free_port()
+    worker = start(outbox, f"http://127.0.0.1:{port}", 30, "orphan", "hang")
+    delivery_pid = int(read_line(worker, "STORED").split()[1])
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    assert not _gone(delivery_pid)
+
+    server = RecordingServer(port_wanted=port)
+    try:
+        wait_for(lambda: len(server.accepted_events()) >= 30, timeout=30, what="delivery")
+        wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
+        ids = [event["id"] for event in server.accepted_events()]
+        assert len(ids) == len(set(ids)) == 30
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ OpenMeter or a network can: nothing lost, ids stable, bad events dead-lettered."
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import stat
@@ -19,6 +20,13 @@ from litellm_openmeter.transport import parse_retry_after
 
 from conftest import free_port, hook_kwargs, stored, wait_for
 from ingest_server import Answer, Recorded, RecordingServer, problem
+
+
+@pytest.fixture(params=["process", "thread"])
+def make_logger(request: pytest.FixtureRequest, make_logger: Any) -> Any:
+    """Every delivery test runs with the sender in a child process (the default) and in
+    a thread of the test's process."""
+    return functools.partial(make_logger, delivery=request.param)
 
 
 def record(logger: Any, count: int, prefix: str = "call") -> set[str]:
@@ -143,10 +151,11 @@ def test_401_pauses_keeps_everything_and_says_so_once(
     ids = record(logger, 4)
     with caplog.at_level(logging.ERROR, logger="litellm_openmeter"):
         wait_for(lambda: len(ingest.requests) >= 3, what="several attempts")
+        wait_for(lambda: logger.stats()["paused"], what="the pause in the stats")
     paused = [r for r in caplog.records if "paused" in r.getMessage()]
     assert len(paused) == 1 and "OPENMETER_API_KEY" in paused[0].getMessage()
     assert "test-key" not in caplog.text
-    assert logger.stats()["paused"] and logger.stats()["queued"] == 4
+    assert logger.stats()["queued"] == 4
     assert logger.dead_letters() == []
     ingest.respond = None  # the operator fixed it
     assert logger.flush(20)

@@ -68,6 +68,7 @@ def running_proxy(
     server: BackgroundServer,
     workers: int = 1,
     callbacks: str = "litellm_openmeter.proxy_handler_instance",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``litellm --config`` on a free port, billing into ``server``; yields URL and process."""
     config = tmp_path / "config.yaml"
@@ -84,6 +85,7 @@ def running_proxy(
         OPENMETER_FLUSH_INTERVAL="0.1",
         PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     )
+    env.update(extra_env or {})
     litellm_cli = Path(sys.executable).with_name("litellm")
     process = subprocess.Popen(
         [
@@ -230,28 +232,47 @@ def test_two_workers_share_one_outbox_exactly_once(tmp_path: Path, meter: Backgr
     assert meter.store.duplicates == 0
 
 
-def test_a_proxy_killed_after_answering_bills_the_request_after_restart(
-    tmp_path: Path, meter: BackgroundServer
+@pytest.mark.parametrize("delivery", ["process", "thread"])
+def test_a_proxy_killed_after_answering_still_bills_the_request(
+    tmp_path: Path, meter: BackgroundServer, delivery: str
 ) -> None:
     """The proxy answers before LiteLLM runs success hooks: a SIGKILL in between must not
-    lose the request. The killer callback runs before ours and kills the proxy there."""
+    lose the request. The killer callback runs before ours and kills the proxy there.
+    The held event is sent as it is once its process is dead: by the delivery process,
+    which outlives the worker, or (delivery in a thread) by the restarted proxy."""
     messages = [{"role": "user", "content": "hello"}]
     callbacks = "[killer.killer, litellm_openmeter.proxy_handler_instance]"
-    with running_proxy(tmp_path, meter, callbacks=callbacks) as (url, process):
+    env = {"OPENMETER_DELIVERY": delivery}
+    with running_proxy(tmp_path, meter, callbacks=callbacks, extra_env=env) as (url, process):
         client = openai.OpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0)
         client.chat.completions.create(model="gpt-4o", messages=messages, user="cust-first")
         answer = client.chat.completions.create(model="gpt-4o", messages=messages, user="kill-me")
         assert answer.choices[0].message.content == "hello from the mock"
         process.wait(60)
         assert process.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
-    assert "kill-me" not in billed_subjects(tmp_path)  # its own success hook never ran
-
-    with running_proxy(tmp_path, meter) as (url, _):
+    if delivery == "thread":
+        assert "kill-me" not in billed_subjects(tmp_path)  # no process of the proxy is left
+    else:
         wait_for(
             lambda: sorted(billed_subjects(tmp_path)) == ["cust-first", "kill-me"],
             timeout=60,
-            what="the killed request billed by the restarted proxy",
+            what="the killed request billed by the worker's delivery process",
         )
+
+    with running_proxy(tmp_path, meter, extra_env=env) as (url, _):
+        wait_for(
+            lambda: sorted(billed_subjects(tmp_path)) == ["cust-first", "kill-me"],
+            timeout=60,
+            what="the killed request billed once the proxy runs again",
+        )
+        client = openai.OpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0)
+        client.chat.completions.create(model="gpt-4o", messages=messages, user="cust-last")
+        wait_for(
+            lambda: len(billed_subjects(tmp_path)) == 3,
+            timeout=60,
+            what="the next request billed",
+        )
+    assert sorted(billed_subjects(tmp_path)) == ["cust-first", "cust-last", "kill-me"]
     assert meter.store.duplicates == 0
     killed = next(
         item["event"]["data"]

@@ -1,7 +1,8 @@
 """A process that makes real LiteLLM mock calls through OpenMeterLogger (for crash tests).
 
 usage: worker_process.py OUTBOX ENDPOINT CALLS PREFIX {hang|flush|deliver}
-  hang:    after the hooks stored every event, print STORED and wait to be killed
+  hang:    after the hooks stored every event, print STORED and the delivery process's
+           pid, and wait to be killed
   flush:   store, then flush and exit (prints FLUSHED True|False)
   deliver: make no calls; deliver what the outbox holds, print DELIVERED and exit
 """
@@ -46,7 +47,7 @@ def main() -> None:
         if logger.stats()["enqueued"] >= int(calls):
             break
         time.sleep(0.01)
-    print("STORED", flush=True)
+    print("STORED", getattr(logger.sender, "pid", None), flush=True)
     if mode == "hang":
         while True:
             time.sleep(3600)

@@ -21,6 +21,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import forksafe, metrics
+from .delivery import DeliveryProcess
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from .outbox import Entry, Held, Outbox
 from .sender import Sender
@@ -64,7 +65,11 @@ class OpenMeterLogger(CustomLogger):
             f"{self.settings.event_shape}|{self.settings.outbox_path}"
         )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
-        self.sender = Sender(self.settings, self.outbox)
+        self.sender: Sender | DeliveryProcess = (
+            DeliveryProcess(self.settings, self.outbox)
+            if self.settings.delivery == "process"
+            else Sender(self.settings, self.outbox)
+        )
         self.writer = Writer(self.outbox, self._stored, self._prepare_call)
         self._unpriced_models: set[str] = set()
         self._held: dict[str, Held] = {}

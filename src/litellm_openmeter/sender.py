@@ -33,13 +33,18 @@ def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.ra
 
 
 class Sender:
-    """Delivers the outbox in the background; start it with :meth:`ensure_started`."""
+    """Delivers the outbox in the background; start it with :meth:`ensure_started`.
+
+    ``on_pause`` is called in the thread whenever delivery pauses (with the reason)
+    or resumes (with None).
+    """
 
     def __init__(
         self,
         settings: Settings,
         outbox: Outbox,
         transport_factory: Callable[[], HttpTransport] | None = None,
+        on_pause: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -53,7 +58,9 @@ class Sender:
         self._owner = ""
         self._failures = 0
         self._flush_requests = 0
+        self._flush_until = 0.0
         self.paused_reason: str | None = None
+        self._on_pause = on_pause
         self._busy = False
         self._last_forget = 0.0
         self._last_checkpoint = 0.0
@@ -106,6 +113,12 @@ class Sender:
         finally:
             with self._idle:
                 self._flush_requests -= 1
+
+    def request_flush(self, seconds: float) -> None:
+        """Send partial batches at once for the next ``seconds`` (a flush asked from
+        another process, which watches the outbox itself)."""
+        self._flush_until = max(self._flush_until, time.monotonic() + seconds)
+        self._wake.set()
 
     def stop(self, timeout: float) -> None:
         """Stop the thread (after the batch in hand) and close the HTTP client."""
@@ -163,7 +176,7 @@ class Sender:
             self._checkpoint_now_and_then()
             if self._stop.is_set():
                 return
-            if self._failures == 0 and (woken or self._flush_requests > 0):
+            if self._failures == 0 and (woken or self._flushing()):
                 return
 
     def _checkpoint_now_and_then(self) -> None:
@@ -178,7 +191,9 @@ class Sender:
                 log.debug("litellm-openmeter checkpoint skipped: %s", exc)
 
     def _flushing(self) -> bool:
-        return self._flush_requests > 0 or self._stop.is_set()
+        return (
+            self._flush_requests > 0 or self._stop.is_set() or time.monotonic() < self._flush_until
+        )
 
     def _step(self) -> float:
         """One round: send a batch if one is due; returns how long to wait after."""
@@ -208,7 +223,7 @@ class Sender:
                     log.error(
                         "litellm-openmeter delivery paused, every event kept: %s", result.detail
                     )
-                self.paused_reason = result.detail
+                self._set_paused(result.detail)
                 return self.settings.retry_max_delay
             delay = backoff_delay(self._failures - 1, self.settings.retry_max_delay)
             if result.retry_after is not None:
@@ -224,9 +239,15 @@ class Sender:
             return delay
         if self.paused_reason is not None or self._failures:
             log.warning("litellm-openmeter delivery resumed after %d failure(s)", self._failures)
-        self.paused_reason = None
+        self._set_paused(None)
         self._failures = 0
         return 0.0
+
+    def _set_paused(self, reason: str | None) -> None:
+        changed = reason != self.paused_reason
+        self.paused_reason = reason
+        if changed and self._on_pause is not None:
+            self._on_pause(reason)
 
     def _send(self, batch: Sequence[Claimed]) -> SendResult:
         if self._transport is None:

@@ -1,0 +1,317 @@
+"""The delivery process: the sender, run in a child process of its own.
+
+Every microsecond a thread of LiteLLM's process spends on the outbox's claims, the
+HTTP POSTs and the acknowledgements is taken from LiteLLM's own threads: they share
+one GIL. A child process has a GIL of its own, so the sender runs there by default
+(``OPENMETER_DELIVERY=process``); the writer thread stays in LiteLLM's process, so
+an event is stored before anything else happens to it, exactly as with the thread.
+
+The child reads the same outbox file (the outbox is shared by processes anyway). The
+parent talks to it through two pipes of JSON lines: settings, then ``wake`` and
+``flush`` down the child's stdin; log records and pause changes up its stdout, which
+the parent logs through its own ``litellm_openmeter`` logger, so that the user's
+logging configuration applies to them. When the parent goes away (closes the logger,
+exits, or is killed) the child sees the end of its stdin, sends what it can within
+``shutdown_timeout`` and exits; what is left waits in the outbox for the next process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import IO, Any
+
+from . import forksafe
+from .outbox import Outbox
+from .sender import Sender
+from .settings import Settings
+
+log = logging.getLogger("litellm_openmeter")
+
+RESTART_INTERVAL = 1.0
+"""The shortest time between two starts of the child (one that keeps dying)."""
+
+
+def settings_message(settings: Settings) -> dict[str, Any]:
+    """Settings as JSON for the child's stdin (a pipe: the key is in no argv nor env)."""
+    message: dict[str, Any] = {}
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        message[item.name] = value
+    return message
+
+
+def settings_from_message(message: dict[str, Any]) -> Settings:
+    """The inverse of :func:`settings_message`."""
+    values = dict(message)
+    values["outbox_path"] = Path(values["outbox_path"])
+    values["subject_from"] = tuple(values["subject_from"])
+    return Settings(**values)
+
+
+class DeliveryProcess:
+    """The sender in a child process, driven like :class:`~.sender.Sender` (start, wake,
+    flush, stop, ``paused_reason``)."""
+
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self._paused: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._started_at = -RESTART_INTERVAL
+        self._fallback: Sender | None = None
+        forksafe.track(self)
+
+    @property
+    def paused_reason(self) -> str | None:
+        """Why delivery is paused (key rejected, wrong endpoint), or None."""
+        if self._fallback is not None:
+            return self._fallback.paused_reason
+        return self._paused
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before it started, or when delivery fell back
+        to a thread)."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the child lives."""
+        if self._fallback is not None:
+            return self._fallback.running
+        process = self._process
+        return process is not None and process.poll() is None
+
+    def ensure_started(self) -> None:
+        """Start the child if there is none (first use, after it died, after fork)."""
+        if self._fallback is not None:
+            self._fallback.ensure_started()
+            return
+        if self.running:
+            return
+        with self._lock:
+            if self.running or time.monotonic() - self._started_at < RESTART_INTERVAL:
+                return
+            self._started_at = time.monotonic()
+            try:
+                self._process = self._spawn()
+            except OSError as exc:
+                log.warning(
+                    "litellm-openmeter: cannot start the delivery process (%s: %s); "
+                    "sending from a thread of this process instead "
+                    "(OPENMETER_DELIVERY=thread does so from the start)",
+                    type(exc).__name__,
+                    exc,
+                )
+                self._fallback = Sender(self.settings, self.outbox)
+                self._fallback.ensure_started()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "litellm_openmeter.delivery"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        os.set_blocking(process.stdin.fileno(), False)
+        hello = {
+            "settings": settings_message(self.settings),
+            "log_level": log.getEffectiveLevel(),
+            "parent": os.getpid(),
+        }
+        self._send(process, json.dumps(hello))
+        threading.Thread(
+            target=self._listen,
+            args=(process.stdout,),
+            name=f"litellm-openmeter-delivery-{process.pid}",
+            daemon=True,
+        ).start()
+        return process
+
+    def _send(self, process: subprocess.Popen[bytes] | None, line: str) -> None:
+        """One line to the child; a child that is gone or not reading misses it (it
+        looks at the outbox on its own every ``flush_interval`` anyway)."""
+        if process is None or process.stdin is None:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError, ValueError):
+            os.write(process.stdin.fileno(), line.encode() + b"\n")
+
+    def _listen(self, stream: IO[bytes]) -> None:
+        """Relay the child's log records and pause changes, until it exits."""
+        for raw in stream:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if "paused" in message:
+                self._paused = message["paused"]
+            if "log" in message:
+                log.log(int(message["log"]), "%s", message.get("message", ""))
+        stream.close()
+
+    def wake(self) -> None:
+        """Ask the child to look at the outbox now."""
+        if self._fallback is not None:
+            self._fallback.wake()
+        self._send(self._process, "wake")
+
+    def flush(self, timeout: float) -> bool:
+        """Have the child send what is waiting; True when the outbox emptied in time."""
+        if self._fallback is not None:
+            return self._fallback.flush(timeout)
+        deadline = time.monotonic() + timeout
+        self.ensure_started()
+        self._send(self._process, json.dumps({"flush": timeout}))
+        while not self.outbox.is_empty():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not self.running:
+                self.ensure_started()
+                self._send(self._process, json.dumps({"flush": remaining}))
+            time.sleep(min(remaining, 0.01))
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """End the child after the batch in hand (what is left stays in the outbox);
+        wait ``timeout`` seconds for that."""
+        with self._lock:
+            process, self._process = self._process, None
+        if self._fallback is not None:
+            self._fallback.stop(timeout)
+        if process is None:
+            return
+        self._send(process, json.dumps({"stop": True}))
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)  # if not, it ends after its batch in hand
+
+    def after_fork_in_child(self) -> None:
+        """Let go of the parent's child: its pipes stay open here, so close them (the
+        child must see its parent end) and start a child of our own when needed."""
+        process, self._process = self._process, None
+        if process is not None:
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(stream.fileno())
+        self._lock = threading.Lock()
+        self._started_at = -RESTART_INTERVAL
+
+
+class _PipeHandler(logging.Handler):
+    """Log records of the child as JSON lines to the parent."""
+
+    def __init__(self, out: IO[str], lock: threading.Lock) -> None:
+        super().__init__()
+        self._out = out
+        self._write_lock = lock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            line = json.dumps({"log": record.levelno, "message": text})
+            with self._write_lock:
+                self._out.write(line + "\n")
+                self._out.flush()
+        except Exception:  # pragma: no cover - the parent is gone
+            pass
+
+
+class _Commands:
+    """Lines from the parent on our stdin, read from the descriptor itself (Python's
+    buffered reader would keep lines where ``select`` cannot see them)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+        self._pending = b""
+
+    def read(self, timeout: float) -> list[bytes]:
+        """The lines that arrive within ``timeout`` seconds (maybe none)."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return []
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.closed = True  # the parent is gone, or closed the logger
+            return []
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        return lines
+
+
+def main() -> None:
+    """The child: run a sender until the parent closes our stdin."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    commands = _Commands(sys.stdin.fileno())
+    lines: list[bytes] = []
+    while not lines and not commands.closed:
+        lines = commands.read(5.0)
+    if not lines:
+        return
+    hello = json.loads(lines.pop(0))
+    settings = settings_from_message(hello["settings"])
+    write_lock = threading.Lock()
+    logger = logging.getLogger("litellm_openmeter")
+    logger.handlers[:] = [_PipeHandler(sys.stdout, write_lock)]
+    logger.setLevel(int(hello.get("log_level", logging.WARNING)))
+    logger.propagate = False
+
+    def report_pause(reason: str | None) -> None:
+        with write_lock:
+            sys.stdout.write(json.dumps({"paused": reason}) + "\n")
+            sys.stdout.flush()
+
+    outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes)
+    sender = Sender(settings, outbox, on_pause=report_pause)
+    sender.ensure_started()
+    stopping = False
+    while not stopping and not commands.closed:
+        for line in lines:
+            if line == b"wake":
+                sender.wake()
+            elif line.startswith(b"{"):
+                command = json.loads(line)
+                if "flush" in command:
+                    sender.request_flush(float(command["flush"]))
+                stopping = stopping or bool(command.get("stop"))
+        lines = commands.read(0.25) if not stopping else []
+    if stopping:  # the parent flushed already and is closing
+        sender.stop(timeout=settings.http_timeout)
+        outbox.close()
+        return
+    # The parent went away without closing the logger (killed, say): deliver what we
+    # can in the time a close would have had.
+    deadline = time.monotonic() + settings.shutdown_timeout
+    sender.request_flush(settings.shutdown_timeout)
+    while not outbox.is_empty() and time.monotonic() < deadline and sender.running:
+        time.sleep(0.01)
+    sender.stop(timeout=1.0)
+    outbox.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The sender in a child process: started on first use, restarted when it dies, ended
+with the logger, never given the key through argv or the environment, and replaced by
+a thread where no child can be started."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import hook_kwargs, wait_for
+from ingest_server import RecordingServer
+
+
+def record(logger: Any, prefix: str, count: int) -> None:
+    for index in range(count):
+        logger.record_call(hook_kwargs(f"{prefix}-{index}"), success=True)
+
+
+def sender_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "litellm-openmeter-sender"]
+
+
+def test_events_are_sent_from_a_child_process_that_never_sees_the_key_in_argv_or_env(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    record(logger, "child", 3)
+    assert logger.flush(20)
+    assert {event["id"] for event in ingest.accepted_events()} == {
+        "child-0",
+        "child-1",
+        "child-2",
+    }
+    pid = logger.sender.pid
+    assert pid is not None and pid != os.getpid() and logger.sender.running
+    assert sender_threads() == []  # no HTTP from this process
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        assert b"test-key" not in (proc / "cmdline").read_bytes()
+        assert b"test-key" not in (proc / "environ").read_bytes()
+
+
+def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    record(logger, "before", 2)
+    assert logger.flush(20)
+    first = logger.sender.pid
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not logger.sender.running, what="the delivery process to die")
+    record(logger, "after", 3)
+    assert logger.flush(20)
+    assert logger.sender.pid not in (None, first)
+    ids = [event["id"] for event in ingest.accepted_events()]
+    assert sorted(ids) == ["after-0", "after-1", "after-2", "before-0", "before-1"]
+
+
+def test_closing_the_logger_ends_its_delivery_process(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    logger = make_logger()
+    record(logger, "close", 2)
+    assert logger.flush(20)
+    process = logger.sender._process
+    assert process is not None and process.poll() is None
+    assert logger.close(5)
+    assert process.poll() == 0
+    assert not logger.sender.running
+
+
+def test_the_pause_and_its_log_reach_the_parent(
+    make_logger: Any, ingest: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest.respond = lambda request: (403, {}, b"forbidden")
+    logger = make_logger()
+    with caplog.at_level(logging.ERROR, logger="litellm_openmeter"):
+        record(logger, "paused", 1)
+        wait_for(lambda: logger.stats()["paused"], what="the pause")
+        wait_for(lambda: "delivery paused" in caplog.text, what="the child's log record")
+    assert "403" in logger.stats()["paused"]
+    ingest.respond = None
+    assert logger.flush(20)  # the next try, after retry_max_delay, gets through
+    wait_for(lambda: logger.stats()["paused"] is None, what="the resume")
+
+
+def test_without_a_python_to_run_the_child_delivery_falls_back_to_a_thread(
+    make_logger: Any,
+    ingest: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    logger = make_logger()
+    with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
+        record(logger, "fallback", 2)
+        assert logger.flush(20)
+    assert "cannot start the delivery process" in caplog.text
+    assert "OPENMETER_DELIVERY=thread" in caplog.text
+    assert logger.sender.pid is None and sender_threads() == ["litellm-openmeter-sender"]
+    assert len(ingest.accepted_events()) == 2
