@@ -107,3 +107,25 @@ def test_without_a_python_to_run_the_child_delivery_falls_back_to_a_thread(
     assert "OPENMETER_DELIVERY=thread" in caplog.text
     assert logger.sender.pid is None and sender_threads() == ["litellm-openmeter-sender"]
     assert len(ingest.accepted_events()) == 2
+
+
+def test_a_child_that_exits_at_start_makes_delivery_fall_back_to_a_thread(
+    make_logger: Any,
+    ingest: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Python that starts but cannot run the child (the package not importable there,
+    say) must not leave events waiting for a child that never runs."""
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'No module named litellm_openmeter' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))
+    logger = make_logger()
+    with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
+        record(logger, "broken", 3)
+        assert logger.flush(20)
+    assert "exited at start" in caplog.text
+    assert sender_threads() == ["litellm-openmeter-sender"]
+    assert len(ingest.accepted_events()) == 3

@@ -75,6 +75,7 @@ class DeliveryProcess:
         self._lock = threading.Lock()
         self._started_at = -RESTART_INTERVAL
         self._fallback: Sender | None = None
+        self._broken: str | None = None
         forksafe.track(self)
 
     @property
@@ -110,32 +111,36 @@ class DeliveryProcess:
             if self.running or time.monotonic() - self._started_at < RESTART_INTERVAL:
                 return
             self._started_at = time.monotonic()
-            try:
-                self._process = self._spawn()
-            except OSError as exc:
-                log.warning(
-                    "litellm-openmeter: cannot start the delivery process (%s: %s); "
-                    "sending from a thread of this process instead "
-                    "(OPENMETER_DELIVERY=thread does so from the start)",
-                    type(exc).__name__,
-                    exc,
-                )
-                self._fallback = Sender(self.settings, self.outbox)
-                self._fallback.ensure_started()
+            if self._broken is None:
+                try:
+                    self._process = self._spawn()
+                    return
+                except OSError as exc:
+                    self._broken = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "litellm-openmeter: cannot start the delivery process (%s); sending from "
+                "a thread of this process instead (OPENMETER_DELIVERY=thread does so "
+                "from the start)",
+                self._broken,
+            )
+            self._fallback = Sender(self.settings, self.outbox)
+            self._fallback.ensure_started()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        # The child imports what this process can import, however its path was set.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
         process = subprocess.Popen(
             [sys.executable, "-m", "litellm_openmeter.delivery"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            env=env,
         )
         assert process.stdin is not None and process.stdout is not None
         os.set_blocking(process.stdin.fileno(), False)
         hello = {
             "settings": settings_message(self.settings),
             "log_level": log.getEffectiveLevel(),
-            "parent": os.getpid(),
         }
         self._send(process, json.dumps(hello))
         threading.Thread(
@@ -155,17 +160,23 @@ class DeliveryProcess:
             os.write(process.stdin.fileno(), line.encode() + b"\n")
 
     def _listen(self, stream: IO[bytes]) -> None:
-        """Relay the child's log records and pause changes, until it exits."""
+        """Relay the child's log records and pause changes, until it exits. A child that
+        ends before it said it runs cannot run here: the next start falls back to a
+        thread."""
+        ready = False
         for raw in stream:
             try:
                 message = json.loads(raw)
             except ValueError:
                 continue
+            ready = ready or bool(message.get("ready"))
             if "paused" in message:
                 self._paused = message["paused"]
             if "log" in message:
                 log.log(int(message["log"]), "%s", message.get("message", ""))
         stream.close()
+        if not ready:
+            self._broken = f"{sys.executable} -m litellm_openmeter.delivery exited at start"
 
     def wake(self) -> None:
         """Ask the child to look at the outbox now."""
@@ -186,6 +197,8 @@ class DeliveryProcess:
                 return False
             if not self.running:
                 self.ensure_started()
+                if self._fallback is not None:
+                    return self._fallback.flush(remaining)
                 self._send(self._process, json.dumps({"flush": remaining}))
             time.sleep(min(remaining, 0.01))
         return True
@@ -219,25 +232,40 @@ class DeliveryProcess:
         self._started_at = -RESTART_INTERVAL
 
 
-class _PipeHandler(logging.Handler):
-    """Log records of the child as JSON lines to the parent."""
+class _Parent:
+    """JSON lines up to the parent, on our stdout; once the parent is gone (its end of
+    the pipe closed), nothing more is written and nothing fails for it."""
 
-    def __init__(self, out: IO[str], lock: threading.Lock) -> None:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._gone = False
+
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send one message; dropped if the parent is gone."""
+        data = json.dumps(message).encode() + b"\n"
+        with self._lock:
+            if self._gone:
+                return
+            try:
+                while data:
+                    data = data[os.write(self._fd, data) :]
+            except OSError:  # EPIPE: the parent exited or was killed
+                self._gone = True
+
+
+class _PipeHandler(logging.Handler):
+    """Log records of the child as messages to the parent."""
+
+    def __init__(self, parent: _Parent) -> None:
         super().__init__()
-        self._out = out
-        self._write_lock = lock
+        self._parent = parent
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-            if record.exc_info:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            line = json.dumps({"log": record.levelno, "message": text})
-            with self._write_lock:
-                self._out.write(line + "\n")
-                self._out.flush()
-        except Exception:  # pragma: no cover - the parent is gone
-            pass
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self._parent.tell({"log": record.levelno, "message": text})
 
 
 class _Commands:
@@ -274,20 +302,16 @@ def main() -> None:
         return
     hello = json.loads(lines.pop(0))
     settings = settings_from_message(hello["settings"])
-    write_lock = threading.Lock()
+    parent = _Parent(sys.stdout.fileno())
     logger = logging.getLogger("litellm_openmeter")
-    logger.handlers[:] = [_PipeHandler(sys.stdout, write_lock)]
+    logger.handlers[:] = [_PipeHandler(parent)]
     logger.setLevel(int(hello.get("log_level", logging.WARNING)))
     logger.propagate = False
 
-    def report_pause(reason: str | None) -> None:
-        with write_lock:
-            sys.stdout.write(json.dumps({"paused": reason}) + "\n")
-            sys.stdout.flush()
-
     outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes)
-    sender = Sender(settings, outbox, on_pause=report_pause)
+    sender = Sender(settings, outbox, on_pause=lambda reason: parent.tell({"paused": reason}))
     sender.ensure_started()
+    parent.tell({"ready": True})
     stopping = False
     while not stopping and not commands.closed:
         for line in lines:

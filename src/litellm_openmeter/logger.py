@@ -2,7 +2,8 @@
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
 (no required arguments), same environment, same default event shape. The writer
-thread builds and stores the events; network I/O happens only in the sender thread.
+thread builds and stores the events; network I/O happens only in the sender (a child
+process by default, see ``delivery``).
 """
 
 from __future__ import annotations

@@ -554,7 +554,7 @@ class Outbox:
         """Copy the WAL back into the database, on a connection of its own.
 
         Hooks' commits never checkpoint (that could take milliseconds on the request
-        path); the sender thread calls this instead. A passive checkpoint does not
+        path); the sender calls this instead. A passive checkpoint does not
         block writers. Under a steady stream of hooks it may never catch up with the
         end of the WAL, which then never starts over; past ``WAL_RESTART_FRAMES`` a
         truncating checkpoint, which holds writers back for its few milliseconds,
