@@ -209,6 +209,34 @@ def _execute_in(
     return changed
 
 
+_Row = tuple[str, str, str, int]
+"""An event as stored: source, id, body (JSON) and its size in bytes."""
+_ROWS_PER_INSERT = 199
+"""Rows per INSERT: five variables each, within the 999 older SQLite allows."""
+_IDS_PER_LOOKUP = 900
+
+
+def _existing(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``keys`` (source, id) are queued, delivered recently or dead-lettered:
+    one statement per source and 900 ids (usually one in all)."""
+    by_source: dict[str, list[str]] = {}
+    for source, event_id in keys:
+        by_source.setdefault(source, []).append(event_id)
+    found: set[tuple[str, str]] = set()
+    for source, ids in by_source.items():
+        for start in range(0, len(ids), _IDS_PER_LOOKUP):
+            chunk = ids[start : start + _IDS_PER_LOOKUP]
+            marks = ",".join(f"?{number}" for number in range(2, len(chunk) + 2))
+            rows = conn.execute(
+                f"SELECT id FROM events WHERE source = ?1 AND id IN ({marks}) "
+                f"UNION ALL SELECT id FROM delivered WHERE source = ?1 AND id IN ({marks}) "
+                f"UNION ALL SELECT id FROM dead_letters WHERE source = ?1 AND id IN ({marks})",
+                (source, *chunk),
+            ).fetchall()
+            found.update((source, row[0]) for row in rows)
+    return found
+
+
 def encode(event: CloudEvent) -> str:
     """Compact JSON of one event, as stored and sent (UTF-8, no spaces).
 
@@ -361,6 +389,7 @@ class Outbox:
         with self._transaction() as conn:
             stored = conn.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone()[0]
             refused = 0
+            plain: list[tuple[Entry, list[_Row]]] = []
             for entry, rows, owner, until in prepared:
                 incoming = sum(row[3] for row in rows)
                 if stored + incoming > self.max_bytes:
@@ -374,6 +403,11 @@ class Outbox:
                     entry.held = None
                     continue  # held events of its call, if any, stay: better than nothing
                 stored += incoming
+                if entry.settle is None and owner is None:
+                    plain.append((entry, rows))
+                    continue
+                self._insert_plain(conn, plain, now)  # first those before it, in order
+                plain = []
                 if entry.settle is not None:
                     entry.settled = self._delete_held(conn, entry.settle)
                 for source, event_id, body, size in rows:
@@ -385,11 +419,45 @@ class Outbox:
                         "ON CONFLICT (source, id) DO NOTHING",
                         (source, event_id, body, size, now, owner, until, *2 * (source, event_id)),
                     ).rowcount
+            self._insert_plain(conn, plain, now)
             if refused:
                 conn.execute("UPDATE meta SET value = value + ? WHERE key = 'refused'", (refused,))
         for entry, rows, owner, _ in prepared:
             if owner is None and not entry.refused:
                 self._remember((row[0], row[1]) for row in rows)
+
+    @staticmethod
+    def _insert_plain(
+        conn: sqlite3.Connection, plain: Sequence[tuple[Entry, Sequence[_Row]]], now: float
+    ) -> None:
+        """Insert the rows of entries that neither hold nor settle, skipping those
+        already queued, delivered or dead-lettered, in a few statements for the lot.
+
+        The writer runs in LiteLLM's process: every statement lets go of the GIL, and
+        taking it back while LiteLLM's threads run costs a thread switch, so a
+        statement per row would spread a commit's work over all the calls around it.
+        """
+        keys = {(row[0], row[1]) for _, rows in plain for row in rows}
+        if not keys:
+            return
+        taken = _existing(conn, keys)
+        new: list[object] = []
+        for entry, rows in plain:
+            for source, event_id, body, size in rows:
+                if (source, event_id) in taken:
+                    continue
+                taken.add((source, event_id))
+                new.extend((source, event_id, body, size, now))
+                entry.added += 1
+        width = _ROWS_PER_INSERT * 5
+        for start in range(0, len(new), width):
+            chunk = new[start : start + width]
+            marks = ",".join(["(?,?,?,?,?)"] * (len(chunk) // 5))
+            conn.execute(
+                "INSERT INTO events (source, id, body, size, enqueued_at) "
+                f"VALUES {marks} ON CONFLICT (source, id) DO NOTHING",
+                chunk,
+            )
 
     @staticmethod
     def _delete_held(conn: sqlite3.Connection, held: Held) -> int:
