@@ -1,4 +1,7 @@
-"""The sender: one background thread per process moving events from the outbox to OpenMeter.
+"""The sender: a background thread moving events from the outbox to OpenMeter.
+
+It runs in the delivery process by default (see ``delivery``), or in the LiteLLM
+process itself with ``OPENMETER_DELIVERY=thread``, and for ``outbox drain``.
 
 It batches (``batch_size`` events, or whatever waits after ``flush_interval``),
 retries with exponential backoff and full jitter until delivered, splits a rejected
