@@ -27,11 +27,13 @@ FULL = {
     # Turns of 100 calls within a round cancel the machine's drift; rounds repeat it
     # with new processes.
     "compare": ["--calls", "2000", "--rounds", "6"],
+    "gc": ["--calls", "3000", "--repeat", "2"],
 }
 QUICK = {
     "server": ["--events", "5000", "--query-events", "20000"],
     "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
     "compare": ["--calls", "200", "--rounds", "1"],
+    "gc": ["--calls", "300", "--repeat", "1"],
 }
 
 
