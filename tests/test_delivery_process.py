@@ -91,41 +91,33 @@ def test_the_pause_and_its_log_reach_the_parent(
     wait_for(lambda: logger.stats()["paused"] is None, what="the resume")
 
 
-def test_without_a_python_to_run_the_child_delivery_falls_back_to_a_thread(
+@pytest.mark.parametrize(
+    ("python", "says", "calls"),
+    [("missing", "cannot start the delivery process", 2), ("exits", "exited at start", 3)],
+)
+def test_delivery_falls_back_to_a_thread_when_the_child_cannot_run(
     make_logger: Any,
     ingest: RecordingServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    python: str,
+    says: str,
+    calls: int,
 ) -> None:
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    """No Python at ``sys.executable``, or one that starts but cannot run the child
+    (the package not importable there, say): events must not wait for a child that
+    never runs."""
+    executable = tmp_path / "python"
+    if python == "exits":
+        executable.write_text("#!/bin/sh\necho 'No module named litellm_openmeter' >&2\nexit 1\n")
+        executable.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(executable))
     logger = make_logger()
     with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
-        record(logger, "fallback", 2)
+        record(logger, python, calls)
         assert logger.flush(20)
-    assert "cannot start the delivery process" in caplog.text
+    assert says in caplog.text
     assert "OPENMETER_DELIVERY=thread" in caplog.text
     assert logger.sender.pid is None and sender_threads() == ["litellm-openmeter-sender"]
-    assert len(ingest.accepted_events()) == 2
-
-
-def test_a_child_that_exits_at_start_makes_delivery_fall_back_to_a_thread(
-    make_logger: Any,
-    ingest: RecordingServer,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A Python that starts but cannot run the child (the package not importable there,
-    say) must not leave events waiting for a child that never runs."""
-    broken = tmp_path / "broken-python"
-    broken.write_text("#!/bin/sh\necho 'No module named litellm_openmeter' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(broken))
-    logger = make_logger()
-    with caplog.at_level(logging.WARNING, logger="litellm_openmeter"):
-        record(logger, "broken", 3)
-        assert logger.flush(20)
-    assert "exited at start" in caplog.text
-    assert sender_threads() == ["litellm-openmeter-sender"]
-    assert len(ingest.accepted_events()) == 3
+    assert len(ingest.accepted_events()) == calls

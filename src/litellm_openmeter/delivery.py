@@ -7,8 +7,8 @@ one GIL. A child process has a GIL of its own, so the sender runs there by defau
 an event is stored before anything else happens to it, exactly as with the thread.
 
 The child reads the same outbox file (the outbox is shared by processes anyway). The
-parent talks to it through two pipes of JSON lines: settings, then ``wake`` and
-``flush`` down the child's stdin; log records and pause changes up its stdout, which
+parent talks to it through two pipes of JSON lines: settings, then ``wake``, ``flush``
+and ``stop`` down the child's stdin; log records and pause changes up its stdout, which
 the parent logs through its own ``litellm_openmeter`` logger, so that the user's
 logging configuration applies to them. When the parent goes away (closes the logger,
 exits, or is killed) the child sees the end of its stdin, sends what it can within
@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import forksafe
 from .outbox import Outbox
@@ -94,11 +94,12 @@ class DeliveryProcess:
 
     @property
     def running(self) -> bool:
-        """True while the child lives."""
+        """True while the child lives (the writer asks after every commit: no system
+        call, the listening thread reaps the child when it ends)."""
         if self._fallback is not None:
             return self._fallback.running
         process = self._process
-        return process is not None and process.poll() is None
+        return process is not None and process.returncode is None
 
     def ensure_started(self) -> None:
         """Start the child if there is none (first use, after it died, after fork)."""
@@ -123,6 +124,7 @@ class DeliveryProcess:
                 "from the start)",
                 self._broken,
             )
+            self._process = None
             self._fallback = Sender(self.settings, self.outbox)
             self._fallback.ensure_started()
 
@@ -142,27 +144,29 @@ class DeliveryProcess:
             "settings": settings_message(self.settings),
             "log_level": log.getEffectiveLevel(),
         }
-        self._send(process, json.dumps(hello))
+        self._send(process, hello)
         threading.Thread(
             target=self._listen,
-            args=(process.stdout,),
+            args=(process,),
             name=f"litellm-openmeter-delivery-{process.pid}",
             daemon=True,
         ).start()
         return process
 
-    def _send(self, process: subprocess.Popen[bytes] | None, line: str) -> None:
-        """One line to the child; a child that is gone or not reading misses it (it
+    def _send(self, process: subprocess.Popen[bytes] | None, message: dict[str, Any]) -> None:
+        """One message to the child; a child that is gone or not reading misses it (it
         looks at the outbox on its own every ``flush_interval`` anyway)."""
         if process is None or process.stdin is None:
             return
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError, ValueError):
-            os.write(process.stdin.fileno(), line.encode() + b"\n")
+        with contextlib.suppress(OSError, ValueError):  # full pipe, gone child, closed
+            os.write(process.stdin.fileno(), json.dumps(message).encode() + b"\n")
 
-    def _listen(self, stream: IO[bytes]) -> None:
-        """Relay the child's log records and pause changes, until it exits. A child that
-        ends before it said it runs cannot run here: the next start falls back to a
-        thread."""
+    def _listen(self, process: subprocess.Popen[bytes]) -> None:
+        """Relay the child's log records and pause changes until it exits, then reap it.
+        A child that ends before it said it runs cannot run here: the next start falls
+        back to a thread."""
+        stream = process.stdout
+        assert stream is not None
         ready = False
         for raw in stream:
             try:
@@ -175,6 +179,7 @@ class DeliveryProcess:
             if "log" in message:
                 log.log(int(message["log"]), "%s", message.get("message", ""))
         stream.close()
+        process.wait()
         if not ready:
             self._broken = f"{sys.executable} -m litellm_openmeter.delivery exited at start"
 
@@ -182,7 +187,7 @@ class DeliveryProcess:
         """Ask the child to look at the outbox now."""
         if self._fallback is not None:
             self._fallback.wake()
-        self._send(self._process, "wake")
+        self._send(self._process, {"wake": True})
 
     def flush(self, timeout: float) -> bool:
         """Have the child send what is waiting; True when the outbox emptied in time."""
@@ -190,7 +195,7 @@ class DeliveryProcess:
             return self._fallback.flush(timeout)
         deadline = time.monotonic() + timeout
         self.ensure_started()
-        self._send(self._process, json.dumps({"flush": timeout}))
+        self._send(self._process, {"flush": timeout})
         while not self.outbox.is_empty():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -199,7 +204,7 @@ class DeliveryProcess:
                 self.ensure_started()
                 if self._fallback is not None:
                     return self._fallback.flush(remaining)
-                self._send(self._process, json.dumps({"flush": remaining}))
+                self._send(self._process, {"flush": remaining})
             time.sleep(min(remaining, 0.01))
         return True
 
@@ -212,7 +217,7 @@ class DeliveryProcess:
             self._fallback.stop(timeout)
         if process is None:
             return
-        self._send(process, json.dumps({"stop": True}))
+        self._send(process, {"stop": True})
         if process.stdin is not None:
             with contextlib.suppress(OSError):
                 process.stdin.close()
@@ -315,13 +320,12 @@ def main() -> None:
     stopping = False
     while not stopping and not commands.closed:
         for line in lines:
-            if line == b"wake":
+            command = json.loads(line)
+            if "wake" in command:
                 sender.wake()
-            elif line.startswith(b"{"):
-                command = json.loads(line)
-                if "flush" in command:
-                    sender.request_flush(float(command["flush"]))
-                stopping = stopping or bool(command.get("stop"))
+            if "flush" in command:
+                sender.request_flush(float(command["flush"]))
+            stopping = stopping or bool(command.get("stop"))
         lines = commands.read(0.25) if not stopping else []
     if stopping:  # the parent flushed already and is closing
         sender.stop(timeout=settings.http_timeout)

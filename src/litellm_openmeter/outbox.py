@@ -214,6 +214,7 @@ _Row = tuple[str, str, str, int]
 _ROWS_PER_INSERT = 199
 """Rows per INSERT: five variables each, within the 999 older SQLite allows."""
 _IDS_PER_LOOKUP = 900
+"""Ids per lookup of known events: one variable each, plus the source."""
 
 
 def _existing(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
