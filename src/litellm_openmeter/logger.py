@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
@@ -169,22 +169,22 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(request_data.get("litellm_call_id") or ""))
 
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
-        """A hook's whole work: hand the call to the writer thread, which builds its
-        events (see ``_prepare_call``). Copying the top level of ``kwargs`` keeps what
-        LiteLLM passed even if it changes the dict after the hook."""
+        """A hook's whole work: read the call's usage (a few microseconds) and hand it
+        to the writer thread, which builds and stores its events (``_prepare_call``).
+        Reading it here keeps nothing of LiteLLM's call alive until the writer's turn:
+        kept, its objects would survive young garbage collections and, many calls
+        later, cost a full one."""
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
-            copied = dict(kwargs) if isinstance(kwargs, dict) else kwargs
-            self.writer.submit_later((copied, success))
+            self.writer.submit_later(self._read(kwargs, success))
         with self._lock:
             self._calls_seen += 1
 
-    def _prepare_call(self, call: tuple[Any, bool]) -> Entry | None:
-        """A call as the entry to store (settling its held events), or None; the writer
-        thread runs it for the hooks, ``record_call`` in the caller."""
-        kwargs, success = call
-        built = self._build(kwargs, success)
+    def _prepare_call(self, read: UsageRecord | _Unreadable) -> Entry | None:
+        """A call's usage as the entry to store (settling its held events), or None;
+        the writer thread runs it for the hooks, ``record_call`` in the caller."""
+        built = self._build(read)
         if built is None:
             return None
         call_id, events = built
@@ -221,35 +221,51 @@ class OpenMeterLogger(CustomLogger):
         raises. Returns the events (empty when none or on failure). The hooks do the
         same, but build the events in the writer thread.
         """
-        entry = self._prepare_call((kwargs, success))
+        entry = self._prepare_call(self._read(kwargs, success))
         if entry is None:
             return []
         self.writer.submit(entry)
         return list(entry.events)
 
-    def _build(self, kwargs: Any, success: bool) -> tuple[str, list[CloudEvent]] | None:
-        """The call's id and events; None when there are none, or when they cannot be
-        built (then they are kept as a dead letter). Never raises."""
-        call_id = "unknown"
+    @staticmethod
+    def _read(kwargs: Any, success: bool) -> UsageRecord | _Unreadable:
+        """The call's usage record, or why there is none. Never raises."""
         try:
+            return record_from_kwargs(kwargs, success=success)
+        except Exception as exc:
+            call_id = "unknown"
             if isinstance(kwargs, dict):
                 call_id = str(kwargs.get("litellm_call_id") or call_id)
-            record = record_from_kwargs(kwargs, success=success)
-            call_id = record.call_id
-            self._warn_if_unpriced(record)
-            events = build_events(record, self.settings, self.resolve_subject)
-        except MissingSubjectError as exc:
-            log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
-            self._keep_dead(exc.events, "no_subject", str(exc))
-            return None
-        except Exception as exc:
-            detail = (
-                f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
+            return _Unreadable(
+                call_id,
+                f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}",
             )
-            log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
-            self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
-            return None
-        return (record.call_id, events) if events else None
+
+    def _build(self, read: UsageRecord | _Unreadable) -> tuple[str, list[CloudEvent]] | None:
+        """The call's id and events; None when there are none, or when they cannot be
+        built (then they are kept as a dead letter). Never raises."""
+        if isinstance(read, _Unreadable):
+            detail = read.detail
+            call_id = read.call_id
+        else:
+            call_id = read.call_id
+            try:
+                self._warn_if_unpriced(read)
+                events = build_events(read, self.settings, self.resolve_subject)
+            except MissingSubjectError as exc:
+                log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
+                self._keep_dead(exc.events, "no_subject", str(exc))
+                return None
+            except Exception as exc:
+                detail = (
+                    f"cannot build the event for LiteLLM call {call_id}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            else:
+                return (call_id, events) if events else None
+        log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
+        self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
+        return None
 
     # -- delivery control ------------------------------------------------------------
 
@@ -356,6 +372,14 @@ class OpenMeterLogger(CustomLogger):
             record.model,
             record.call_id,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A call whose usage could not be read: kept as a dead letter by the writer."""
+
+    call_id: str
+    detail: str
 
 
 def _close_all_at_exit() -> None:

@@ -21,13 +21,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from types import MappingProxyType
 
 IDENTITY_NAMES = ("user", "key_user_id", "end_user", "team_id", "key_alias", "org_id")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UsageRecord:
-    """What one LiteLLM call used, independent of any event format."""
+    """What one LiteLLM call used, independent of any event format. Read-only by
+    convention (not frozen: a frozen dataclass takes several times longer to build,
+    and one is built per call)."""
 
     call_id: str
     end_time: datetime
@@ -70,12 +73,13 @@ class UsageError(ValueError):
 
 def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
     """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
-    slo = _mapping(kwargs.get("standard_logging_object"))
+    get = kwargs.get
+    slo = _mapping(get("standard_logging_object"))
     metadata = _mapping(slo.get("metadata"))
-    litellm_params = _mapping(kwargs.get("litellm_params"))
+    litellm_params = _mapping(get("litellm_params"))
     params_metadata = _mapping(litellm_params.get("metadata"))
 
-    call_id = _text(kwargs.get("litellm_call_id")) or _text(slo.get("litellm_call_id"))
+    call_id = _text(get("litellm_call_id")) or _text(slo.get("litellm_call_id"))
     if call_id is None:
         call_id = _text(slo.get("id"))
     if call_id is None:
@@ -83,12 +87,12 @@ def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) ->
 
     usage = _mapping(metadata.get("usage_object"))
     tokens = _tokens(usage, slo)
-    end_time = _time(slo.get("endTime"), kwargs.get("end_time"))
+    end_time = _time(slo.get("endTime"), get("end_time"))
 
     # kwargs["response_cost"] is None when LiteLLM could not price the call; the
     # standard logging object then says 0.0, so it is only the fallback.
     if "response_cost" in kwargs:
-        cost = _number(kwargs.get("response_cost"))
+        cost = _number(get("response_cost"))
         priced = cost is not None
     else:
         cost = _number(slo.get("response_cost"))
@@ -99,39 +103,52 @@ def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) ->
         cost = 0.0
 
     def meta(name: str) -> str | None:
-        return _text(metadata.get(name)) or _text(params_metadata.get(name))
+        # Most of these are absent or None outside the proxy: test before converting.
+        value = metadata.get(name)
+        text = None if value is None else _text(value)
+        if text is None:
+            value = params_metadata.get(name)
+            text = None if value is None else _text(value)
+        return text
 
+    user = _text(get("user"))
+    if user is None:
+        user = _text(_mapping(slo.get("model_parameters")).get("user"))
     end_user = _text(slo.get("end_user")) or meta("user_api_key_end_user_id")
+    team_id = meta("user_api_key_team_id")
+    key_alias = meta("user_api_key_alias")
     identities = {
-        "user": _text(kwargs.get("user"))
-        or _text(_mapping(slo.get("model_parameters")).get("user")),
+        "user": user,
         "key_user_id": meta("user_api_key_user_id"),
         "end_user": end_user,
-        "team_id": meta("user_api_key_team_id"),
-        "key_alias": meta("user_api_key_alias"),
+        "team_id": team_id,
+        "key_alias": key_alias,
         "org_id": meta("user_api_key_org_id"),
     }
-    error_info = _mapping(slo.get("error_information"))
-    error_class = _text(error_info.get("error_class"))
-    if not success and error_class is None:
-        exception = kwargs.get("exception")
-        error_class = type(exception).__name__ if exception is not None else "UnknownError"
+    error_class = error_code = None
+    if not success:
+        error_info = _mapping(slo.get("error_information"))
+        error_class = _text(error_info.get("error_class"))
+        error_code = _text(error_info.get("error_code"))
+        if error_class is None:
+            exception = get("exception")
+            error_class = type(exception).__name__ if exception is not None else "UnknownError"
     return UsageRecord(
         call_id=call_id,
         end_time=end_time,
-        model=_text(slo.get("model")) or _text(kwargs.get("model")) or "unknown",
+        model=_text(slo.get("model")) or _text(get("model")) or "unknown",
         success=success,
         cost=cost,
         priced=priced,
         model_group=_text(slo.get("model_group")),
         provider=_text(slo.get("custom_llm_provider"))
         or _text(litellm_params.get("custom_llm_provider")),
-        call_type=_text(slo.get("call_type")) or _text(kwargs.get("call_type")),
-        team_id=identities["team_id"],
-        key_alias=identities["key_alias"],
+        call_type=_text(slo.get("call_type")) or _text(get("call_type")),
+        team_id=team_id,
+        key_alias=key_alias,
         end_user=end_user,
-        error_class=None if success else error_class,
-        error_code=None if success else _text(error_info.get("error_code")),
+        error_class=error_class,
+        error_code=error_code,
         cache_hit=slo.get("cache_hit") is True,
         identities={k: v for k, v in identities.items() if v is not None},
         **tokens,
@@ -182,8 +199,15 @@ def _tokens(usage: Mapping[str, object], slo: Mapping[str, object]) -> dict[str,
 # common exact type first (an isinstance against an ABC is several times slower).
 
 
+_NO_MAPPING: Mapping[str, object] = MappingProxyType({})
+
+
 def _mapping(value: object) -> Mapping[str, object]:
-    if type(value) is dict or isinstance(value, Mapping):
+    if type(value) is dict:
+        return value
+    if value is None:
+        return _NO_MAPPING
+    if isinstance(value, Mapping):
         return value
     dump = getattr(value, "model_dump", None)
     if callable(dump):
@@ -219,6 +243,10 @@ def _number(value: object) -> float | None:
 
 
 def _count(value: object) -> int:
+    if type(value) is int:
+        return value if value >= 0 else 0
+    if value is None:
+        return 0
     number = _number(value)
     return int(number) if number is not None else 0
 
