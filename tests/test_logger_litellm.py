@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
@@ -200,6 +201,36 @@ def test_hook_keeps_the_call_as_it_was_when_the_hook_ran(
     assert sorted(event["subject"] for event in events) == ["alice", "bob"]
     assert "changed-after-the-hook" not in {event["id"] for event in events}
     assert {event["data"]["model"] for event in events} == {"gpt-4o"}
+
+
+class Tracked(dict[str, Any]):
+    """A dict that a weak reference can follow."""
+
+
+def test_hook_keeps_nothing_of_the_call_alive(
+    make_logger: Any, callbacks: list[Any], ingest: RecordingServer
+) -> None:
+    """Once a hook returns, LiteLLM's objects for the call are freed with it: kept
+    until the writer's turn, they would outlive young garbage collections and pile
+    up in the oldest generation, whose full collections sweep all of LiteLLM."""
+    logger = make_logger()
+    seen = spy_on_hooks(callbacks)
+    for user in ("alice", "bob", "carol"):
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="hi", user=user)
+    wait_for(lambda: len(seen) == 3)
+    refs = []
+    for kwargs in seen:
+        call = Tracked(kwargs)
+        for name in ("standard_logging_object", "litellm_params"):
+            call[name] = Tracked(kwargs[name])
+        refs += [weakref.ref(call[name]) for name in ("standard_logging_object", "litellm_params")]
+        refs.append(weakref.ref(call))
+        logger.log_success_event(call, None, None, None)
+        del call
+    assert [ref for ref in refs if ref() is not None] == []
+    assert logger.flush(10)
+    events = delivered(ingest, 3)
+    assert sorted(event["subject"] for event in events) == ["alice", "bob", "carol"]
 
 
 def test_call_without_subject_is_kept_and_logged(

@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from litellm.integrations.custom_logger import CustomLogger
 
@@ -27,7 +27,13 @@ from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_even
 from .outbox import Entry, Held, Outbox
 from .sender import Sender
 from .settings import Settings
-from .usage import UsageRecord, record_from_kwargs
+from .usage import (
+    CallSnapshot,
+    UsageRecord,
+    record_from_kwargs,
+    record_from_snapshot,
+    snapshot,
+)
 from .writer import Writer
 
 log = logging.getLogger("litellm_openmeter")
@@ -169,22 +175,20 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(request_data.get("litellm_call_id") or ""))
 
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
-        """A hook's whole work: read the call's usage (a few microseconds) and hand it
-        to the writer thread, which builds and stores its events (``_prepare_call``).
-        Reading it here keeps nothing of LiteLLM's call alive until the writer's turn:
-        kept, its objects would survive young garbage collections and, many calls
-        later, cost a full one."""
+        """A hook's whole work: take a snapshot of the values the call's record needs
+        (see ``usage.snapshot``) and hand it to the writer thread, which builds and
+        stores the events (``_prepare_call``)."""
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
-            self.writer.submit_later(self._read(kwargs, success))
+            self.writer.submit_later(self._take(kwargs, success))
         with self._lock:
             self._calls_seen += 1
 
-    def _prepare_call(self, read: UsageRecord | _Unreadable) -> Entry | None:
-        """A call's usage as the entry to store (settling its held events), or None;
-        the writer thread runs it for the hooks, ``record_call`` in the caller."""
-        built = self._build(read)
+    def _prepare_call(self, taken: _Taken | _Unreadable) -> Entry | None:
+        """A call as the entry to store (settling its held events), or None; the writer
+        thread runs it for the hooks, ``record_call`` in the caller."""
+        built = self._build(taken)
         if built is None:
             return None
         call_id, events = built
@@ -221,46 +225,38 @@ class OpenMeterLogger(CustomLogger):
         raises. Returns the events (empty when none or on failure). The hooks do the
         same, but build the events in the writer thread.
         """
-        entry = self._prepare_call(self._read(kwargs, success))
+        entry = self._prepare_call(self._take(kwargs, success))
         if entry is None:
             return []
         self.writer.submit(entry)
         return list(entry.events)
 
     @staticmethod
-    def _read(kwargs: Any, success: bool) -> UsageRecord | _Unreadable:
-        """The call's usage record, or why there is none. Never raises."""
+    def _take(kwargs: Any, success: bool) -> _Taken | _Unreadable:
+        """The call's snapshot, or why there is none. Never raises."""
         try:
-            return record_from_kwargs(kwargs, success=success)
+            return _Taken(snapshot(kwargs), success)
         except Exception as exc:
-            call_id = "unknown"
-            if isinstance(kwargs, dict):
-                call_id = str(kwargs.get("litellm_call_id") or call_id)
-            return _Unreadable(
-                call_id,
-                f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}",
-            )
+            return _Unreadable(_call_id(kwargs), _cannot_build(_call_id(kwargs), exc))
 
-    def _build(self, read: UsageRecord | _Unreadable) -> tuple[str, list[CloudEvent]] | None:
+    def _build(self, taken: _Taken | _Unreadable) -> tuple[str, list[CloudEvent]] | None:
         """The call's id and events; None when there are none, or when they cannot be
         built (then they are kept as a dead letter). Never raises."""
-        if isinstance(read, _Unreadable):
-            detail = read.detail
-            call_id = read.call_id
+        if isinstance(taken, _Unreadable):
+            call_id, detail = taken.call_id, taken.detail
         else:
-            call_id = read.call_id
+            call_id = _text_or(taken.snapshot.call.litellm_call_id, "unknown")
             try:
-                self._warn_if_unpriced(read)
-                events = build_events(read, self.settings, self.resolve_subject)
+                record = record_from_snapshot(taken.snapshot, success=taken.success)
+                call_id = record.call_id
+                self._warn_if_unpriced(record)
+                events = build_events(record, self.settings, self.resolve_subject)
             except MissingSubjectError as exc:
                 log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
                 self._keep_dead(exc.events, "no_subject", str(exc))
                 return None
             except Exception as exc:
-                detail = (
-                    f"cannot build the event for LiteLLM call {call_id}: "
-                    f"{type(exc).__name__}: {exc}"
-                )
+                detail = _cannot_build(call_id, exc)
             else:
                 return (call_id, events) if events else None
         log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
@@ -374,12 +370,32 @@ class OpenMeterLogger(CustomLogger):
         )
 
 
+class _Taken(NamedTuple):
+    """What a hook hands the writer: the call's snapshot and whether it succeeded."""
+
+    snapshot: CallSnapshot
+    success: bool
+
+
 @dataclass(frozen=True, slots=True)
 class _Unreadable:
     """A call whose usage could not be read: kept as a dead letter by the writer."""
 
     call_id: str
     detail: str
+
+
+def _call_id(kwargs: Any) -> str:
+    found = kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None
+    return _text_or(found, "unknown")
+
+
+def _text_or(value: object, default: str) -> str:
+    return str(value) if value else default
+
+
+def _cannot_build(call_id: str, exc: Exception) -> str:
+    return f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
 
 
 def _close_all_at_exit() -> None:

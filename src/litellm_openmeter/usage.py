@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
+from typing import NamedTuple
 
 IDENTITY_NAMES = ("user", "key_user_id", "end_user", "team_id", "key_alias", "org_id")
 
@@ -71,91 +72,166 @@ class UsageError(ValueError):
     """The callback arguments do not describe a call (no call id at all)."""
 
 
-def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
-    """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
+class _Call(NamedTuple):
+    """The top-level values of the hook's ``kwargs`` that a record reads."""
+
+    litellm_call_id: object
+    response_cost: object
+    end_time: object
+    user: object
+    model: object
+    call_type: object
+    exception: object
+
+
+class _Payload(NamedTuple):
+    """The values of ``kwargs["standard_logging_object"]`` that a record reads."""
+
+    litellm_call_id: object
+    id: object
+    endTime: object
+    response_cost: object
+    end_user: object
+    model: object
+    model_group: object
+    custom_llm_provider: object
+    call_type: object
+    cache_hit: object
+    error_information: object
+    prompt_tokens: object
+    completion_tokens: object
+    total_tokens: object
+
+
+class _Identities(NamedTuple):
+    """The proxy's identities in a metadata mapping (LiteLLM's names)."""
+
+    user_api_key_user_id: object
+    user_api_key_end_user_id: object
+    user_api_key_team_id: object
+    user_api_key_alias: object
+    user_api_key_org_id: object
+
+
+class CallSnapshot(NamedTuple):
+    """What a :class:`UsageRecord` is made of, read from a hook's ``kwargs``.
+
+    Taking it copies a few dozen values with lookups that run in C, and keeps none of
+    LiteLLM's containers but the small usage mapping: a hook takes it and the writer
+    thread turns it into a record later, while LiteLLM's objects for the call are
+    freed with the call (kept until the writer's turn, they would outlive young
+    garbage collections and pile up for a full one).
+    """
+
+    call: _Call
+    has_response_cost: bool
+    payload: _Payload
+    usage: object
+    identities: _Identities
+    params_identities: _Identities
+    params_provider: object
+    parameters_user: object
+
+
+def snapshot(kwargs: Mapping[str, object]) -> CallSnapshot:
+    """Read the values a record needs from the ``kwargs`` of a LiteLLM logging hook."""
     get = kwargs.get
     slo = _mapping(get("standard_logging_object"))
     metadata = _mapping(slo.get("metadata"))
-    litellm_params = _mapping(get("litellm_params"))
-    params_metadata = _mapping(litellm_params.get("metadata"))
+    params = _mapping(get("litellm_params"))
+    call = _Call._make(map(get, _Call._fields))
+    if call.exception is not None:
+        call = call._replace(exception=type(call.exception).__name__)
+    return CallSnapshot(
+        call,
+        "response_cost" in kwargs,
+        _Payload._make(map(slo.get, _Payload._fields)),
+        metadata.get("usage_object"),
+        _Identities._make(map(metadata.get, _Identities._fields)),
+        _Identities._make(map(_mapping(params.get("metadata")).get, _Identities._fields)),
+        params.get("custom_llm_provider"),
+        _mapping(slo.get("model_parameters")).get("user"),
+    )
 
-    call_id = _text(get("litellm_call_id")) or _text(slo.get("litellm_call_id"))
-    if call_id is None:
-        call_id = _text(slo.get("id"))
+
+def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
+    """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
+    return record_from_snapshot(snapshot(kwargs), success=success)
+
+
+def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageRecord:
+    """Build a :class:`UsageRecord` from a :func:`snapshot` of a hook's ``kwargs``."""
+    call, slo = taken.call, taken.payload
+    call_id = _text(call.litellm_call_id) or _text(slo.litellm_call_id) or _text(slo.id)
     if call_id is None:
         raise UsageError("LiteLLM passed no litellm_call_id for this call")
 
-    usage = _mapping(metadata.get("usage_object"))
-    tokens = _tokens(usage, slo)
-    end_time = _time(slo.get("endTime"), get("end_time"))
+    tokens = _tokens(_mapping(taken.usage), slo)
+    end_time = _time(slo.endTime, call.end_time)
 
     # kwargs["response_cost"] is None when LiteLLM could not price the call; the
     # standard logging object then says 0.0, so it is only the fallback.
-    if "response_cost" in kwargs:
-        cost = _number(get("response_cost"))
+    if taken.has_response_cost:
+        cost = _number(call.response_cost)
         priced = cost is not None
     else:
-        cost = _number(slo.get("response_cost"))
+        cost = _number(slo.response_cost)
         used = tokens["prompt_tokens"] + tokens["completion_tokens"]
         priced = cost is not None and (cost > 0 or used == 0)
     priced = priced or not success
     if cost is None:
         cost = 0.0
 
-    def meta(name: str) -> str | None:
-        # Most of these are absent or None outside the proxy: test before converting.
-        value = metadata.get(name)
+    found, fallback = taken.identities, taken.params_identities
+
+    def meta(position: int) -> str | None:
+        value = found[position]
         text = None if value is None else _text(value)
         if text is None:
-            value = params_metadata.get(name)
+            value = fallback[position]
             text = None if value is None else _text(value)
         return text
 
-    user = _text(get("user"))
-    if user is None:
-        user = _text(_mapping(slo.get("model_parameters")).get("user"))
-    end_user = _text(slo.get("end_user")) or meta("user_api_key_end_user_id")
-    team_id = meta("user_api_key_team_id")
-    key_alias = meta("user_api_key_alias")
+    end_user = _text(slo.end_user) or meta(1)
+    team_id = meta(2)
+    key_alias = meta(3)
     identities = {
-        "user": user,
-        "key_user_id": meta("user_api_key_user_id"),
+        "user": _text(call.user) or _text(taken.parameters_user),
+        "key_user_id": meta(0),
         "end_user": end_user,
         "team_id": team_id,
         "key_alias": key_alias,
-        "org_id": meta("user_api_key_org_id"),
+        "org_id": meta(4),
     }
     error_class = error_code = None
     if not success:
-        error_info = _mapping(slo.get("error_information"))
+        error_info = _mapping(slo.error_information)
         error_class = _text(error_info.get("error_class"))
         error_code = _text(error_info.get("error_code"))
         if error_class is None:
-            exception = get("exception")
-            error_class = type(exception).__name__ if exception is not None else "UnknownError"
+            error_class = _text(call.exception) or "UnknownError"
     return UsageRecord(
         call_id=call_id,
         end_time=end_time,
-        model=_text(slo.get("model")) or _text(get("model")) or "unknown",
+        model=_text(slo.model) or _text(call.model) or "unknown",
         success=success,
         cost=cost,
         priced=priced,
-        model_group=_text(slo.get("model_group")),
-        provider=_text(slo.get("custom_llm_provider"))
-        or _text(litellm_params.get("custom_llm_provider")),
-        call_type=_text(slo.get("call_type")) or _text(get("call_type")),
+        model_group=_text(slo.model_group),
+        provider=_text(slo.custom_llm_provider) or _text(taken.params_provider),
+        call_type=_text(slo.call_type) or _text(call.call_type),
         team_id=team_id,
         key_alias=key_alias,
         end_user=end_user,
         error_class=error_class,
         error_code=error_code,
-        cache_hit=slo.get("cache_hit") is True,
+        cache_hit=slo.cache_hit is True,
         identities={k: v for k, v in identities.items() if v is not None},
         **tokens,
     )
 
 
-def _tokens(usage: Mapping[str, object], slo: Mapping[str, object]) -> dict[str, int]:
+def _tokens(usage: Mapping[str, object], slo: _Payload) -> dict[str, int]:
     prompt_details = _mapping(usage.get("prompt_tokens_details"))
     completion_details = _mapping(usage.get("completion_tokens_details"))
     cache_read = _count(usage.get("cache_read_input_tokens")) or _count(
@@ -173,7 +249,7 @@ def _tokens(usage: Mapping[str, object], slo: Mapping[str, object]) -> dict[str,
         # Anthropic's own convention: input_tokens excludes the cache tokens.
         prompt = _count(usage.get("input_tokens")) + cache_read + cache_creation
     else:
-        prompt = _count(slo.get("prompt_tokens"))
+        prompt = _count(slo.prompt_tokens)
     if prompt < cache_read + cache_creation:
         prompt += cache_read + cache_creation
     if "completion_tokens" in usage:
@@ -181,9 +257,9 @@ def _tokens(usage: Mapping[str, object], slo: Mapping[str, object]) -> dict[str,
     elif "output_tokens" in usage:
         completion = _count(usage.get("output_tokens"))
     else:
-        completion = _count(slo.get("completion_tokens"))
+        completion = _count(slo.completion_tokens)
     completion = max(completion, reasoning)
-    total = _count(usage.get("total_tokens")) or _count(slo.get("total_tokens"))
+    total = _count(usage.get("total_tokens")) or _count(slo.total_tokens)
     total = max(total, prompt + completion)
     return {
         "prompt_tokens": prompt,
