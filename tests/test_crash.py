@@ -23,6 +23,7 @@ def start(outbox: Path, endpoint: str, calls: int, prefix: str, mode: str) -> su
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(outbox), endpoint, str(calls), prefix, mode],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -130,6 +131,33 @@ def test_the_delivery_process_sends_what_its_killed_parent_stored(tmp_path: Path
 
     server = RecordingServer(port_wanted=port)
     try:
+        wait_for(lambda: len(server.accepted_events()) >= 30, timeout=30, what="delivery")
+        wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
+        ids = [event["id"] for event in server.accepted_events()]
+        assert len(ids) == len(set(ids)) == 30
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_calls_in_the_pipe_to_the_delivery_process_outlive_their_killed_parent(
+    tmp_path: Path,
+) -> None:
+    """The worker hands 30 calls to its delivery process, which is stopped and has not
+    read them, and is killed: the delivery process, let go on, stores and sends them."""
+    server = RecordingServer()
+    try:
+        worker = start(tmp_path / "outbox.sqlite3", server.url, 30, "piped", "relay")
+        delivery_pid = int(read_line(worker, "CHILD").split()[1])
+        os.kill(delivery_pid, signal.SIGSTOP)
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        read_line(worker, "HANDED")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        assert server.accepted_events() == []
+        os.kill(delivery_pid, signal.SIGCONT)
         wait_for(lambda: len(server.accepted_events()) >= 30, timeout=30, what="delivery")
         wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
         ids = [event["id"] for event in server.accepted_events()]

@@ -63,6 +63,53 @@ def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(
     assert sorted(ids) == ["after-0", "after-1", "after-2", "before-0", "before-1"]
 
 
+def test_the_delivery_process_stores_the_calls_and_says_so(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    """The writer hands the calls to the child, which stores them: the parent counts
+    them as stored only once the child said so."""
+    logger = make_logger(flush_interval=60)
+    logger.sender.ensure_started()
+    pid = logger.sender.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        record(logger, "relayed", 5)
+        wait_for(lambda: logger.writer.pending == 0, what="the writer to hand the calls over")
+        assert logger.stats()["enqueued"] == 0 and logger.outbox.stats().queued == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: logger.stats()["enqueued"] == 5, what="the child to store them")
+    assert logger.flush(20)
+    assert sorted(event["id"] for event in ingest.accepted_events()) == [
+        f"relayed-{index}" for index in range(5)
+    ]
+
+
+@pytest.mark.parametrize("then", ["flush", "more calls"])
+def test_calls_a_killed_delivery_process_never_stored_are_stored_once(
+    make_logger: Any, ingest: RecordingServer, then: str
+) -> None:
+    """A child killed after the calls were handed to it, before it read them: the
+    parent stores them itself (flush) or hands them to the next child (more calls)."""
+    logger = make_logger()
+    logger.sender.ensure_started()
+    first = logger.sender.pid
+    os.kill(first, signal.SIGSTOP)
+    record(logger, "unread", 4)
+    wait_for(lambda: logger.writer.pending == 0, what="the writer to hand the calls over")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not logger.sender.running, what="the delivery process to die")
+    if then == "more calls":
+        record(logger, "later", 2)
+    assert logger.flush(30)
+    ids = sorted(event["id"] for event in ingest.accepted_events())
+    expected = [f"unread-{index}" for index in range(4)]
+    if then == "more calls":
+        expected += ["later-0", "later-1"]
+    assert ids == sorted(expected)
+    assert logger.stats()["enqueued"] == len(expected)
+
+
 def test_closing_the_logger_ends_its_delivery_process(
     make_logger: Any, ingest: RecordingServer
 ) -> None:

@@ -5,6 +5,9 @@ usage: worker_process.py OUTBOX ENDPOINT CALLS PREFIX {hang|flush|deliver}
            pid, and wait to be killed
   flush:   store, then flush and exit (prints FLUSHED True|False)
   deliver: make no calls; deliver what the outbox holds, print DELIVERED and exit
+  relay:   print CHILD and the delivery process's pid, wait for a line on stdin, make
+           the calls, print HANDED once the writer handed them all to the delivery
+           process (stored or not), and wait to be killed
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ def main() -> None:
     if mode == "deliver":
         print("DELIVERED", logger.flush(60), flush=True)
         return
+    if mode == "relay":
+        logger.sender.ensure_started()
+        print("CHILD", logger.sender.pid, flush=True)
+        sys.stdin.readline()
     litellm.callbacks = [logger]
     for index in range(int(calls)):
         litellm.completion(
@@ -44,7 +51,12 @@ def main() -> None:
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if logger.stats()["enqueued"] >= int(calls):
+        if mode == "relay" and logger.stats()["calls_seen"] >= int(calls):
+            if logger.writer.pending == 0:
+                print("HANDED", flush=True)
+                while True:
+                    time.sleep(3600)
+        elif logger.stats()["enqueued"] >= int(calls):
             break
         time.sleep(0.01)
     print("STORED", getattr(logger.sender, "pid", None), flush=True)

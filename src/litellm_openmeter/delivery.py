@@ -18,6 +18,8 @@ exits, or is killed) the child sees the end of its stdin, sends what it can with
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -27,12 +29,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from . import forksafe
-from .outbox import Outbox
+from .outbox import Entry, Outbox
 from .sender import Sender
 from .settings import Settings
 
@@ -40,6 +45,14 @@ log = logging.getLogger("litellm_openmeter")
 
 RESTART_INTERVAL = 1.0
 """The shortest time between two starts of the child (one that keeps dying)."""
+RELAY_WRITE_TIMEOUT = 5.0
+"""How long the writer waits for room in the child's pipe before it stores the
+entries itself (a child that reads nothing for that long is stuck)."""
+PIPE_BYTES = 1 << 20
+"""The pipe to the child is enlarged to this (when the system allows) so that a
+commit's worth of entries fits in it at once."""
+
+Stored = Callable[[Entry], None]
 
 
 def settings_message(settings: Settings) -> dict[str, Any]:
@@ -67,9 +80,23 @@ class DeliveryProcess:
     """The sender in a child process, driven like :class:`~.sender.Sender` (start, wake,
     flush, stop, ``paused_reason``)."""
 
-    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        on_stored: Stored | None = None,
+        on_relayed: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.outbox = outbox
+        self._on_stored = on_stored
+        self._on_relayed = on_relayed
+        self._unacked: dict[int, Sequence[Entry]] = {}
+        self._unacked_by: subprocess.Popen[bytes] | None = None
+        self._stuck: subprocess.Popen[bytes] | None = None
+        self._numbers = itertools.count(1)
+        self._relayed = threading.Condition()
+        self._write_lock = threading.Lock()
         self._paused: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -140,6 +167,8 @@ class DeliveryProcess:
         )
         assert process.stdin is not None and process.stdout is not None
         os.set_blocking(process.stdin.fileno(), False)
+        with contextlib.suppress(AttributeError, OSError):  # Linux only; best effort
+            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         hello = {
             "settings": settings_message(self.settings),
             "log_level": log.getEffectiveLevel(),
@@ -158,7 +187,8 @@ class DeliveryProcess:
         looks at the outbox on its own every ``flush_interval`` anyway)."""
         if process is None or process.stdin is None:
             return
-        with contextlib.suppress(OSError, ValueError):  # full pipe, gone child, closed
+        # Under PIPE_BUF bytes a write to a pipe is whole or nothing, never a part.
+        with self._write_lock, contextlib.suppress(OSError, ValueError):
             os.write(process.stdin.fileno(), json.dumps(message).encode() + b"\n")
 
     def _listen(self, process: subprocess.Popen[bytes]) -> None:
@@ -178,6 +208,8 @@ class DeliveryProcess:
                 self._paused = message["paused"]
             if "log" in message:
                 log.log(int(message["log"]), "%s", message.get("message", ""))
+            if "stored" in message:
+                self._acknowledged(int(message["stored"]), int(message.get("added", 0)))
         stream.close()
         process.wait()
         if not ready:
@@ -195,7 +227,9 @@ class DeliveryProcess:
             return self._fallback.flush(timeout)
         deadline = time.monotonic() + timeout
         self.ensure_started()
-        self._send(self._process, {"flush": timeout})
+        if not self.wait_relayed(timeout):
+            return False
+        self._send(self._process, {"flush": max(0.0, deadline - time.monotonic())})
         while not self.outbox.is_empty():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -223,6 +257,7 @@ class DeliveryProcess:
                 process.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)  # if not, it ends after its batch in hand
+        self._store_here(self._take_unacked())  # what it did not say it stored
 
     def after_fork_in_child(self) -> None:
         """Let go of the parent's child: its pipes stay open here, so close them (the
@@ -235,6 +270,114 @@ class DeliveryProcess:
                         os.close(stream.fileno())
         self._lock = threading.Lock()
         self._started_at = -RESTART_INTERVAL
+        self._unacked = {}  # the parent's, which it stores itself
+        self._unacked_by = self._stuck = None
+        self._relayed = threading.Condition()
+        self._write_lock = threading.Lock()
+
+    # -- relaying entries to the child, which stores them -------------------------------
+
+    def relay(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """Hand entries to the child, which stores them in the outbox (so that
+        LiteLLM's process spends no time in SQLite); returns those the caller must
+        store itself: all of them, and any the child took but never acknowledged,
+        when no child runs. The child acknowledges each batch once committed; a batch
+        that a dead child never acknowledged goes again to the next one (storing is
+        idempotent: an event already stored is not stored twice)."""
+        self.ensure_started()
+        with self._relayed:
+            process = self._process
+            if process is None or process.returncode is not None or process is self._stuck:
+                return [*self._take_unacked_locked(), *entries]
+            resend = self._unacked_by is not process
+            self._unacked_by = process
+            number = next(self._numbers)
+            self._unacked[number] = entries
+            batches = sorted(self._unacked.items()) if resend else [(number, entries)]
+        for sent_number, batch in batches:
+            if not self._send_entries(process, sent_number, batch):
+                with self._relayed:
+                    self._stuck = process  # relay no more to it; it may still send
+                    return self._take_unacked_locked()
+        return []
+
+    def wait_relayed(self, timeout: float) -> bool:
+        """Wait until the child acknowledged every entry relayed so far; entries a dead
+        child left are stored here. False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._relayed:
+            while self._unacked:
+                process = self._process
+                if process is None or process.returncode is not None or process is self._stuck:
+                    self._store_here(self._take_unacked_locked())
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._relayed.wait(min(remaining, 0.05))
+        return True
+
+    def _send_entries(
+        self, process: subprocess.Popen[bytes], number: int, entries: Sequence[Entry]
+    ) -> bool:
+        """One batch down the pipe, however long; False if the child does not take it
+        within RELAY_WRITE_TIMEOUT (a line cut short is skipped by the child)."""
+        message = {"store": number, "entries": [entry.events for entry in entries]}
+        try:
+            data = orjson.dumps(message) + b"\n"
+        except TypeError:  # integers beyond 64 bits
+            data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if process.stdin is None:
+            return False
+        deadline = time.monotonic() + RELAY_WRITE_TIMEOUT
+        view = memoryview(data)
+        with self._write_lock:
+            try:
+                fd = process.stdin.fileno()
+                while view:
+                    try:
+                        view = view[os.write(fd, view) :]
+                    except BlockingIOError:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        select.select([], [fd], [], min(remaining, 0.1))
+            except (OSError, ValueError):  # the child is gone
+                return False
+        return True
+
+    def _acknowledged(self, number: int, added: int) -> None:
+        with self._relayed:
+            self._unacked.pop(number, None)
+            self._relayed.notify_all()
+        if self._on_relayed is not None:
+            self._on_relayed(added)
+
+    def _take_unacked(self) -> list[Entry]:
+        with self._relayed:
+            return self._take_unacked_locked()
+
+    def _take_unacked_locked(self) -> list[Entry]:
+        taken = [entry for _, batch in sorted(self._unacked.items()) for entry in batch]
+        self._unacked.clear()
+        self._relayed.notify_all()
+        return taken
+
+    def _store_here(self, entries: Sequence[Entry]) -> None:
+        """Store in this process what no child will (idempotent if one did)."""
+        if not entries:
+            return
+        for entry in entries:
+            entry.added = 0
+        try:
+            self.outbox.write(entries)
+        except Exception as exc:
+            detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
+            for entry in entries:
+                entry.refused = entry.refused or detail
+        if self._on_stored is not None:
+            for entry in entries:
+                self._on_stored(entry)
 
 
 class _Parent:
@@ -296,6 +439,24 @@ class _Commands:
         return lines
 
 
+def _store(outbox: Outbox, command: dict[str, Any], parent: _Parent) -> int:
+    """Store a batch the parent relayed and acknowledge it; returns how many were new."""
+    entries = [Entry(events) for events in command["entries"]]
+    try:
+        outbox.write(entries)
+    except Exception as exc:
+        detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
+        for entry in entries:
+            entry.refused = entry.refused or detail
+    for entry in entries:
+        if entry.refused:
+            shown = [event["id"] for event in entry.events] if entry.full else entry.events
+            log.error("litellm-openmeter: %s; events: %s", entry.refused, json.dumps(shown))
+    added = sum(entry.added for entry in entries)
+    parent.tell({"stored": command["store"], "added": added})
+    return added
+
+
 def main() -> None:
     """The child: run a sender until the parent closes our stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -318,9 +479,18 @@ def main() -> None:
     sender.ensure_started()
     parent.tell({"ready": True})
     stopping = False
+    since_wake = 0
     while not stopping and not commands.closed:
         for line in lines:
-            command = json.loads(line)
+            try:
+                command = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a batch the parent gave up writing
+                continue
+            if "store" in command:
+                since_wake += _store(outbox, command, parent)
+                if since_wake >= settings.batch_size:
+                    since_wake = 0
+                    sender.wake()
             if "wake" in command:
                 sender.wake()
             if "flush" in command:

@@ -72,12 +72,15 @@ class OpenMeterLogger(CustomLogger):
             f"{self.settings.event_shape}|{self.settings.outbox_path}"
         )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
-        self.sender: Sender | DeliveryProcess = (
-            DeliveryProcess(self.settings, self.outbox)
-            if self.settings.delivery == "process"
-            else Sender(self.settings, self.outbox)
-        )
-        self.writer = Writer(self.outbox, self._stored, self._prepare_call)
+        self.sender: Sender | DeliveryProcess
+        if self.settings.delivery == "process":
+            self.sender = DeliveryProcess(
+                self.settings, self.outbox, on_stored=self._stored, on_relayed=self._relayed
+            )
+            self.writer = Writer(self.outbox, self._stored, self._prepare_call, self.sender)
+        else:
+            self.sender = Sender(self.settings, self.outbox)
+            self.writer = Writer(self.outbox, self._stored, self._prepare_call)
         self._unpriced_models: set[str] = set()
         self._held: dict[str, Held] = {}
         self._since_wake = 0
@@ -336,6 +339,11 @@ class OpenMeterLogger(CustomLogger):
         if self._since_wake >= self.settings.batch_size:
             self._since_wake = 0
             self.sender.wake()
+
+    def _relayed(self, added: int) -> None:
+        """In the listening thread, when the delivery process stored a batch."""
+        with self._lock:
+            self._enqueued += added
 
     def _keep_dead(self, events: list[CloudEvent], reason: str, detail: str) -> None:
         try:

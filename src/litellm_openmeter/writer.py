@@ -21,9 +21,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 from . import forksafe
 from .outbox import Entry, Outbox
@@ -44,19 +44,38 @@ Prepare = Callable[[Any], "Entry | None"]
 Item = tuple[Any, "Future[Entry] | None"]
 
 
+class Relay(Protocol):
+    """Another process that stores entries for the writer (see ``delivery``)."""
+
+    def relay(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """Take entries to store; returns those the writer must store itself."""
+
+    def wait_relayed(self, timeout: float) -> bool:
+        """Wait until what was taken is stored; False on timeout."""
+
+
 class Writer:
     """Stores entries in the outbox from a thread of its own, many per transaction.
 
     ``on_stored`` is called in the writer thread with every entry once its
     transaction committed (or failed: ``entry.refused`` then says why). ``prepare``
     turns what :meth:`submit_later` was given into an entry (or None: nothing to
-    store), in the writer thread, just before the transaction.
+    store), in the writer thread, just before the transaction. With a ``relay``, the
+    entries that neither hold nor settle nor are waited for go to it instead (the
+    delivery process stores them); ``on_stored`` is not called for those.
     """
 
-    def __init__(self, outbox: Outbox, on_stored: Stored, prepare: Prepare | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        on_stored: Stored,
+        prepare: Prepare | None = None,
+        relay: Relay | None = None,
+    ) -> None:
         self.outbox = outbox
         self._on_stored = on_stored
         self._prepare = prepare
+        self._relay = relay
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -65,6 +84,11 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         forksafe.track(self)
+
+    @property
+    def pending(self) -> int:
+        """Entries submitted and not yet stored (nor handed to the relay)."""
+        return self._pending
 
     def submit(self, entry: Entry, wait: bool = False) -> Future[Entry] | None:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
@@ -105,6 +129,8 @@ class Writer:
                 if remaining <= 0:
                     return False
                 self._idle.wait(remaining)
+        if self._relay is not None:
+            return self._relay.wait_relayed(max(0.0, deadline - time.monotonic()))
         return True
 
     def stop(self, timeout: float) -> bool:
@@ -112,10 +138,15 @@ class Writer:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return self._pending == 0
+        deadline = time.monotonic() + timeout
         self._queue.put(None)
         self._urgent.set()
         thread.join(timeout)
-        return not thread.is_alive()
+        if thread.is_alive():
+            return False
+        if self._relay is not None:
+            return self._relay.wait_relayed(max(0.0, deadline - time.monotonic()))
+        return True
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's thread and queue: the parent stores its own entries."""
@@ -181,6 +212,8 @@ class Writer:
                 entry = None
             if entry is not None:
                 ready.append((entry, future))
+        if self._relay is not None:
+            ready = self._hand_over(ready)
         entries = [entry for entry, _ in ready]
         try:
             if entries:
@@ -199,3 +232,24 @@ class Writer:
         with self._idle:
             self._pending -= len(batch)
             self._idle.notify_all()
+
+    def _hand_over(
+        self, ready: list[tuple[Entry, Future[Entry] | None]]
+    ) -> list[tuple[Entry, Future[Entry] | None]]:
+        """Relay the plain entries; returns those to store here: the others, and any
+        the relay gave back."""
+        assert self._relay is not None
+        plain, others = [], []
+        for entry, future in ready:
+            if future is None and entry.hold_for is None and entry.settle is None:
+                plain.append(entry)
+            else:
+                others.append((entry, future))
+        if not plain:
+            return ready
+        try:
+            back = self._relay.relay(plain)
+        except Exception:  # pragma: no cover - the relay gives back what it cannot take
+            log.exception("litellm-openmeter: error while relaying events")
+            back = plain
+        return others + [(entry, None) for entry in back]
