@@ -1,18 +1,22 @@
-"""The delivery process: the sender, run in a child process of its own.
+"""The delivery process: storing and sending, in a child process of its own.
 
-Every microsecond a thread of LiteLLM's process spends on the outbox's claims, the
-HTTP POSTs and the acknowledgements is taken from LiteLLM's own threads: they share
-one GIL. A child process has a GIL of its own, so the sender runs there by default
-(``OPENMETER_DELIVERY=process``); the writer thread stays in LiteLLM's process, so
-an event is stored before anything else happens to it, exactly as with the thread.
+Every microsecond a thread of LiteLLM's process spends in SQLite, on the outbox's
+claims, the HTTP POSTs and the acknowledgements is taken from LiteLLM's own threads:
+they share one GIL. A child process has a GIL of its own, so by default
+(``OPENMETER_DELIVERY=process``) the writer thread only builds the events and relays
+them to the child, which stores them in the outbox and runs the sender.
 
-The child reads the same outbox file (the outbox is shared by processes anyway). The
-parent talks to it through two pipes of JSON lines: settings, then ``wake``, ``flush``
-and ``stop`` down the child's stdin; log records and pause changes up its stdout, which
-the parent logs through its own ``litellm_openmeter`` logger, so that the user's
-logging configuration applies to them. When the parent goes away (closes the logger,
-exits, or is killed) the child sees the end of its stdin, sends what it can within
-``shutdown_timeout`` and exits; what is left waits in the outbox for the next process.
+The parent talks to the child through two pipes of JSON lines: settings, then
+``store`` (a batch of the writer's entries, numbered), ``wake``, ``flush`` and
+``stop`` down the child's stdin; ``stored`` (the batch is committed, and how many of
+its events were new), log records and pause changes up its stdout, which the parent
+logs through its own ``litellm_openmeter`` logger, so that the user's logging
+configuration applies to them. Batches stay with the parent until the child confirms
+them: those a dead child never confirmed go to its successor or are stored by the
+parent, and storing is idempotent, so none is lost or stored twice. When the parent
+goes away (closes the logger, exits, or is killed) the child reads its stdin to the
+end, storing what is there, sends what it can within ``shutdown_timeout`` and exits;
+what is left waits in the outbox for the next process.
 """
 
 from __future__ import annotations
@@ -78,7 +82,9 @@ def settings_from_message(message: dict[str, Any]) -> Settings:
 
 class DeliveryProcess:
     """The sender in a child process, driven like :class:`~.sender.Sender` (start, wake,
-    flush, stop, ``paused_reason``)."""
+    flush, stop, ``paused_reason``), which also stores what :meth:`relay` hands it.
+    ``on_stored`` gets the entries the parent had to store itself after all,
+    ``on_relayed`` the number of new events in each batch the child stored."""
 
     def __init__(
         self,

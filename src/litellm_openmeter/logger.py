@@ -2,8 +2,9 @@
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
 (no required arguments), same environment, same default event shape. The writer
-thread builds and stores the events; network I/O happens only in the sender (a child
-process by default, see ``delivery``).
+thread builds the events and stores them, or by default hands them to the delivery
+process, which stores and sends them (see ``delivery``); network I/O happens only in
+the sender.
 """
 
 from __future__ import annotations
