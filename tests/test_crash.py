@@ -116,6 +116,14 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _sent_once_then_exits(server: RecordingServer, delivery_pid: int, count: int) -> None:
+    """The orphaned delivery process sends every event once, then exits."""
+    wait_for(lambda: len(server.accepted_events()) >= count, timeout=30, what="delivery")
+    wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
+    ids = [event["id"] for event in server.accepted_events()]
+    assert len(ids) == len(set(ids)) == count
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_the_delivery_process_sends_what_its_killed_parent_stored(tmp_path: Path) -> None:
     """The endpoint is down while the worker stores 30 calls; the worker is killed; the
@@ -131,10 +139,7 @@ def test_the_delivery_process_sends_what_its_killed_parent_stored(tmp_path: Path
 
     server = RecordingServer(port_wanted=port)
     try:
-        wait_for(lambda: len(server.accepted_events()) >= 30, timeout=30, what="delivery")
-        wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
-        ids = [event["id"] for event in server.accepted_events()]
-        assert len(ids) == len(set(ids)) == 30
+        _sent_once_then_exits(server, delivery_pid, 30)
     finally:
         server.stop()
 
@@ -158,9 +163,6 @@ def test_calls_in_the_pipe_to_the_delivery_process_outlive_their_killed_parent(
         worker.wait(30)
         assert server.accepted_events() == []
         os.kill(delivery_pid, signal.SIGCONT)
-        wait_for(lambda: len(server.accepted_events()) >= 30, timeout=30, what="delivery")
-        wait_for(lambda: _gone(delivery_pid), timeout=30, what="the delivery process to exit")
-        ids = [event["id"] for event in server.accepted_events()]
-        assert len(ids) == len(set(ids)) == 30
+        _sent_once_then_exits(server, delivery_pid, 30)
     finally:
         server.stop()

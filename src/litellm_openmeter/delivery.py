@@ -292,8 +292,8 @@ class DeliveryProcess:
         idempotent: an event already stored is not stored twice)."""
         self.ensure_started()
         with self._relayed:
-            process = self._process
-            if process is None or process.returncode is not None or process is self._stuck:
+            process = self._taking()
+            if process is None:
                 return [*self._take_unacked_locked(), *entries]
             resend = self._unacked_by is not process
             self._unacked_by = process
@@ -313,8 +313,7 @@ class DeliveryProcess:
         deadline = time.monotonic() + timeout
         with self._relayed:
             while self._unacked:
-                process = self._process
-                if process is None or process.returncode is not None or process is self._stuck:
+                if self._taking() is None:
                     self._store_here(self._take_unacked_locked())
                     break
                 remaining = deadline - time.monotonic()
@@ -322,6 +321,13 @@ class DeliveryProcess:
                     return False
                 self._relayed.wait(min(remaining, 0.05))
         return True
+
+    def _taking(self) -> subprocess.Popen[bytes] | None:
+        """The child, if it runs and takes batches."""
+        process = self._process
+        if process is None or process.returncode is not None or process is self._stuck:
+            return None
+        return process
 
     def _send_entries(
         self, process: subprocess.Popen[bytes], number: int, entries: Sequence[Entry]
@@ -373,14 +379,7 @@ class DeliveryProcess:
         """Store in this process what no child will (idempotent if one did)."""
         if not entries:
             return
-        for entry in entries:
-            entry.added = 0
-        try:
-            self.outbox.write(entries)
-        except Exception as exc:
-            detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
-            for entry in entries:
-                entry.refused = entry.refused or detail
+        self.outbox.write_or_refuse(entries)
         if self._on_stored is not None:
             for entry in entries:
                 self._on_stored(entry)
@@ -436,7 +435,7 @@ class _Commands:
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
             return []
-        chunk = os.read(self.fd, 65536)
+        chunk = os.read(self.fd, PIPE_BYTES)  # a relayed batch at once, not in parts
         if not chunk:
             self.closed = True  # the parent is gone, or closed the logger
             return []
@@ -448,16 +447,10 @@ class _Commands:
 def _store(outbox: Outbox, command: dict[str, Any], parent: _Parent) -> int:
     """Store a batch the parent relayed and acknowledge it; returns how many were new."""
     entries = [Entry(events) for events in command["entries"]]
-    try:
-        outbox.write(entries)
-    except Exception as exc:
-        detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
-        for entry in entries:
-            entry.refused = entry.refused or detail
+    outbox.write_or_refuse(entries)
     for entry in entries:
         if entry.refused:
-            shown = [event["id"] for event in entry.events] if entry.full else entry.events
-            log.error("litellm-openmeter: %s; events: %s", entry.refused, json.dumps(shown))
+            log.error("litellm-openmeter: %s", entry.refusal_report())
     added = sum(entry.added for entry in entries)
     parent.tell({"stored": command["store"], "added": added})
     return added

@@ -241,7 +241,8 @@ class OpenMeterLogger(CustomLogger):
         try:
             return _Taken(snapshot(kwargs), success)
         except Exception as exc:
-            return _Unreadable(_call_id(kwargs), _cannot_build(_call_id(kwargs), exc))
+            call_id = _call_id(kwargs)
+            return _Unreadable(call_id, _cannot_build(call_id, exc))
 
     def _build(self, taken: _Taken | _Unreadable) -> tuple[str, list[CloudEvent]] | None:
         """The call's id and events; None when there are none, or when they cannot be
@@ -323,13 +324,7 @@ class OpenMeterLogger(CustomLogger):
     def _stored(self, entry: Entry) -> None:
         """In the writer thread, after each entry's transaction."""
         if entry.refused:
-            if entry.full:  # the events stay with the caller's logs: ids are enough
-                ids = [event["id"] for event in entry.events]
-                log.error("litellm-openmeter: %s (event ids %s)", entry.refused, ids)
-            else:
-                log.error(
-                    "litellm-openmeter: %s; events: %s", entry.refused, json.dumps(entry.events)
-                )
+            log.error("litellm-openmeter: %s", entry.refusal_report())
             return
         with self._lock:
             self._enqueued += entry.added

@@ -131,6 +131,13 @@ class Entry:
     full: bool = False
     """Nothing was stored because the outbox reached its byte limit."""
 
+    def refusal_report(self) -> str:
+        """Why these events were not stored, with them (only their ids when the outbox
+        is full: the events stay with the caller's logs, the ids are enough)."""
+        if self.full:
+            return f"{self.refused} (event ids {[event['id'] for event in self.events]})"
+        return f"{self.refused}; events: {json.dumps(self.events)}"
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -426,6 +433,17 @@ class Outbox:
         for entry, rows, owner, _ in prepared:
             if owner is None and not entry.refused:
                 self._remember((row[0], row[1]) for row in rows)
+
+    def write_or_refuse(self, entries: Sequence[Entry]) -> None:
+        """:meth:`write`, except that an error (disk full, database locked too long)
+        marks every entry refused with it instead of raising."""
+        try:
+            if entries:
+                self.write(entries)
+        except Exception as exc:
+            detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
+            for entry in entries:
+                entry.refused = entry.refused or detail
 
     @staticmethod
     def _insert_plain(

@@ -271,7 +271,7 @@ def _tokens(usage: Mapping[str, object], slo: _Payload) -> dict[str, int]:
     }
 
 
-# The helpers below run about 40 times per call on the hook's path: each tests the
+# The helpers below run about 40 times per call in the writer thread: each tests the
 # common exact type first (an isinstance against an ABC is several times slower).
 
 

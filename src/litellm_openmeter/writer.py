@@ -215,14 +215,7 @@ class Writer:
                 ready.append((entry, future))
         if self._relay is not None:
             ready = self._hand_over(ready)
-        entries = [entry for entry, _ in ready]
-        try:
-            if entries:
-                self.outbox.write(entries)
-        except Exception as exc:
-            detail = f"cannot store events in the outbox ({type(exc).__name__}: {exc})"
-            for entry in entries:
-                entry.refused = entry.refused or detail
+        self.outbox.write_or_refuse([entry for entry, _ in ready])
         for entry, future in ready:
             try:
                 self._on_stored(entry)
