@@ -47,6 +47,26 @@ def test_events_are_sent_from_a_child_process_that_never_sees_the_key_in_argv_or
         assert b"test-key" not in (proc / "environ").read_bytes()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_the_delivery_process_runs_below_litellms_priority(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    from litellm_openmeter.delivery import NICENESS
+
+    logger = make_logger()
+    record(logger, "nice", 2)
+    assert logger.flush(20)
+    pid = logger.sender.pid
+    assert pid is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + NICENESS)
+    assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+    for thread in os.listdir(f"/proc/{pid}/task"):  # the sender thread inherited both
+        assert os.getpriority(os.PRIO_PROCESS, int(thread)) == min(19, ours + NICENESS)
+        assert os.sched_getscheduler(int(thread)) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # LiteLLM's process is untouched
+
+
 def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(
     make_logger: Any, ingest: RecordingServer
 ) -> None:
