@@ -238,6 +238,13 @@ def main() -> None:
         calling += time.perf_counter() - started
         latencies.extend(turn)
         block_p50.append(statistics.median(turn))
+        if mode == "sync":
+            # LiteLLM runs sync hooks in its thread pool, after the call returned: wait
+            # for this turn's, so that they (the built-in logger's HTTP posts, say) run
+            # in this configuration's turn and not in the next one's.
+            deadline = time.monotonic() + 300
+            while not hooks_done(len(latencies)) and time.monotonic() < deadline:
+                time.sleep(0.001)
         print("DONE", flush=True)
 
     if mode == "sync":
