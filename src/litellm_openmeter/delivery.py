@@ -57,8 +57,8 @@ PIPE_BYTES = 1 << 20
 commit's worth of entries fits in it at once."""
 NICENESS = 10
 """How much the child lowers its CPU priority: where cores are scarce, LiteLLM's own
-threads come first, and the child still gets about a tenth of a busy core (thousands
-of events a second)."""
+threads come first, and the child still gets about a tenth of a busy core (some 2,000
+events a second)."""
 
 Stored = Callable[[Entry], None]
 
