@@ -18,9 +18,13 @@ try:  # cloudevents >= 2 keeps the 1.x API under cloudevents.v1
     from cloudevents.v1.http import from_json
 except ImportError:  # pragma: no cover
     from cloudevents.http import from_json
-from hypothesis import given
+import litellm
+import orjson
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
+from litellm_openmeter.building import Taken, call_from_json, call_json
 from litellm_openmeter.events import (
     MissingSubjectError,
     build_events,
@@ -29,7 +33,7 @@ from litellm_openmeter.events import (
     token_counts,
 )
 from litellm_openmeter.settings import Settings
-from litellm_openmeter.usage import UsageRecord, record_from_kwargs
+from litellm_openmeter.usage import UsageRecord, record_from_kwargs, record_from_snapshot, snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -321,3 +325,122 @@ def test_resolve_subject_skips_blank() -> None:
         call_id="c", end_time=datetime.now(), model="m", identities={"user": " ", "team_id": "t"}
     )
     assert resolve_subject(record, ("user", "team_id")) == "t"
+
+
+def _through_the_pipe(kwargs: dict[str, Any], success: bool = True) -> UsageRecord | None:
+    """The record the delivery process builds from a hook's call, or None when the
+    call stays to be built where it was taken."""
+    taken = Taken(snapshot(kwargs), success)
+    form = call_json(taken)
+    if form is None:
+        return None
+    back = call_from_json(orjson.loads(form))
+    return record_from_snapshot(back.snapshot, success=back.success)
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+@pytest.mark.parametrize("success", [True, False])
+def test_a_relayed_call_builds_the_same_record(name: str, success: bool) -> None:
+    kwargs = fixture(name)
+    relayed = _through_the_pipe(kwargs, success)
+    assert relayed is not None, "recorded LiteLLM calls are plain JSON"
+    assert relayed == record_from_kwargs(kwargs, success=success)
+
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=8)
+    | st.floats(allow_nan=True, allow_infinity=True),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+
+
+@examples(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.dictionaries(
+        st.sampled_from(
+            ["litellm_call_id", "response_cost", "user", "model", "call_type", "end_time"]
+        ),
+        plain,
+    ),
+    payload=st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "endTime",
+                "response_cost",
+                "model",
+                "model_group",
+                "end_user",
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "cache_hit",
+            ]
+        ),
+        plain,
+    ),
+    usage=st.dictionaries(
+        st.sampled_from(
+            [
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "input_tokens",
+                "cache_read_input_tokens",
+                "prompt_tokens_details",
+                "reasoning_tokens",
+            ]
+        ),
+        plain,
+    ),
+    success=st.booleans(),
+)
+def test_relayed_values_build_what_they_build_here(
+    values: dict[str, Any], payload: dict[str, Any], usage: dict[str, Any], success: bool
+) -> None:
+    """Whatever plain values a call holds, the delivery process builds the same record
+    from them (or the same error), NaN and infinities included."""
+    kwargs = {
+        **values,
+        "litellm_call_id": values.get("litellm_call_id") or "call-1",
+        "standard_logging_object": {**payload, "metadata": {"usage_object": usage}},
+    }
+    try:
+        here: UsageRecord | Exception = record_from_kwargs(kwargs, success=success)
+    except Exception as exc:  # the same failure must come out of the pipe
+        here = exc
+    try:
+        there: UsageRecord | Exception | None = _through_the_pipe(kwargs, success)
+    except Exception as exc:
+        there = exc
+    if there is None:
+        return  # built here, as before
+    if isinstance(here, Exception):
+        assert type(there) is type(here)
+    else:
+        if here.end_time != getattr(there, "end_time", None):  # now(), when no time at all
+            assert isinstance(there, UsageRecord)
+            there.end_time = here.end_time
+        assert there == here
+
+
+def test_calls_that_are_not_plain_json_are_built_where_they_were_taken() -> None:
+    kwargs = fixture("openai_cached")
+    payload = kwargs["standard_logging_object"]
+    assert _through_the_pipe(kwargs) is not None
+    for changed in (
+        # the time would come from end_time, a datetime, as the payload has none
+        {
+            "end_time": datetime(2026, 11, 27, 12, 0),
+            "standard_logging_object": {**payload, "endTime": None},
+        },
+        {"user": type("UserId", (str,), {})("u-1")},
+        {"model": float("nan")},
+        {"response_cost": 2**70},
+        {"standard_logging_object": {**payload, "metadata": {"usage_object": litellm.Usage()}}},
+    ):
+        assert _through_the_pipe({**kwargs, **changed}) is None, changed

@@ -18,9 +18,14 @@ from conftest import hook_kwargs, wait_for
 from ingest_server import RecordingServer
 
 
-def record(logger: Any, prefix: str, count: int) -> None:
+def record(logger: Any, prefix: str, count: int, via: str = "record_call") -> None:
+    """Calls through ``record_call`` (events built here) or the success hook (the
+    writer relays the call and the delivery process builds its events)."""
     for index in range(count):
-        logger.record_call(hook_kwargs(f"{prefix}-{index}"), success=True)
+        if via == "hook":
+            logger.log_success_event(hook_kwargs(f"{prefix}-{index}"), None, None, None)
+        else:
+            logger.record_call(hook_kwargs(f"{prefix}-{index}"), success=True)
 
 
 def sender_threads() -> list[str]:
@@ -83,44 +88,50 @@ def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(
     assert sorted(ids) == ["after-0", "after-1", "after-2", "before-0", "before-1"]
 
 
+@pytest.mark.parametrize("via", ["record_call", "hook"])
 def test_the_delivery_process_stores_the_calls_and_says_so(
-    make_logger: Any, ingest: RecordingServer
+    make_logger: Any, ingest: RecordingServer, via: str
 ) -> None:
-    """The writer hands the calls to the child, which stores them: the parent counts
-    them as stored only once the child said so."""
+    """The writer hands the calls to the child (a hook's call unbuilt: the child
+    builds its events), which stores them: the parent counts them as stored only once
+    the child said so."""
     logger = make_logger(flush_interval=60)
     logger.sender.ensure_started()
     pid = logger.sender.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        record(logger, "relayed", 5)
+        record(logger, "relayed", 5, via)
         wait_for(lambda: logger.writer.pending == 0, what="the writer to hand the calls over")
         assert logger.stats()["enqueued"] == 0 and logger.outbox.stats().queued == 0
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: logger.stats()["enqueued"] == 5, what="the child to store them")
     assert logger.flush(20)
-    assert sorted(event["id"] for event in ingest.accepted_events()) == [
-        f"relayed-{index}" for index in range(5)
-    ]
+    events = ingest.accepted_events()
+    assert sorted(event["id"] for event in events) == [f"relayed-{index}" for index in range(5)]
+    assert logger.writer.calls_relayed == (5 if via == "hook" else 0)
+    built_here = logger.record_call(hook_kwargs("relayed-0"), success=True)
+    assert all(event == {**built_here[0], "id": event["id"]} for event in events)
 
 
+@pytest.mark.parametrize("via", ["record_call", "hook"])
 @pytest.mark.parametrize("then", ["flush", "more calls"])
 def test_calls_a_killed_delivery_process_never_stored_are_stored_once(
-    make_logger: Any, ingest: RecordingServer, then: str
+    make_logger: Any, ingest: RecordingServer, then: str, via: str
 ) -> None:
     """A child killed after the calls were handed to it, before it read them: the
-    parent stores them itself (flush) or hands them to the next child (more calls)."""
+    parent stores them itself (flush; it builds a hook's events then) or hands them
+    to the next child (more calls)."""
     logger = make_logger()
     logger.sender.ensure_started()
     first = logger.sender.pid
     os.kill(first, signal.SIGSTOP)
-    record(logger, "unread", 4)
+    record(logger, "unread", 4, via)
     wait_for(lambda: logger.writer.pending == 0, what="the writer to hand the calls over")
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: not logger.sender.running, what="the delivery process to die")
     if then == "more calls":
-        record(logger, "later", 2)
+        record(logger, "later", 2, via)
     assert logger.flush(30)
     ids = sorted(event["id"] for event in ingest.accepted_events())
     expected = [f"unread-{index}" for index in range(4)]

@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 
 from . import forksafe
+from .building import CallBuilder, call_from_json
 from .outbox import Entry, Outbox
 from .sender import Sender
 from .settings import Settings
@@ -61,6 +62,27 @@ threads come first, and the child still gets about a tenth of a busy core (some 
 events a second)."""
 
 Stored = Callable[[Entry], None]
+
+
+class _Batch:
+    """Entries and calls (what the writer's ``prepare`` takes, with its JSON) relayed
+    together, kept until the child says it stored them."""
+
+    __slots__ = ("calls", "entries")
+
+    def __init__(self, entries: Sequence[Entry], calls: Sequence[tuple[Any, bytes]] = ()) -> None:
+        self.entries = entries
+        self.calls = calls
+
+    @property
+    def items(self) -> list[Any]:
+        """The calls as the writer had them, to build their entries here."""
+        return [item for item, _ in self.calls]
+
+    @property
+    def forms(self) -> list[bytes]:
+        """The calls as JSON, for the child."""
+        return [form for _, form in self.calls]
 
 
 def settings_message(settings: Settings) -> dict[str, Any]:
@@ -88,7 +110,8 @@ class DeliveryProcess:
     """The sender in a child process, driven like :class:`~.sender.Sender` (start, wake,
     flush, stop, ``paused_reason``), which also stores what :meth:`relay` hands it.
     ``on_stored`` gets the entries the parent had to store itself after all,
-    ``on_relayed`` the number of new events in each batch the child stored."""
+    ``on_relayed`` the number of new events in each batch the child stored;
+    ``prepare`` turns a relayed call the child never stored into its entry."""
 
     def __init__(
         self,
@@ -96,12 +119,14 @@ class DeliveryProcess:
         outbox: Outbox,
         on_stored: Stored | None = None,
         on_relayed: Callable[[int], None] | None = None,
+        prepare: Callable[[Any], Entry | None] | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
         self._on_stored = on_stored
         self._on_relayed = on_relayed
-        self._unacked: dict[int, Sequence[Entry]] = {}
+        self._prepare = prepare
+        self._unacked: dict[int, _Batch] = {}
         self._unacked_by: subprocess.Popen[bytes] | None = None
         self._stuck: subprocess.Popen[bytes] | None = None
         self._numbers = itertools.count(1)
@@ -287,29 +312,36 @@ class DeliveryProcess:
 
     # -- relaying entries to the child, which stores them -------------------------------
 
-    def relay(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+    def relay(
+        self, entries: Sequence[Entry], calls: Sequence[tuple[Any, bytes]] = ()
+    ) -> tuple[list[Entry], list[Any]]:
         """Hand entries to the child, which stores them in the outbox (so that
-        LiteLLM's process spends no time in SQLite); returns those the caller must
-        store itself: all of them, and any the child took but never acknowledged,
-        when no child runs. The child acknowledges each batch once committed; a batch
-        that a dead child never acknowledged goes again to the next one (storing is
-        idempotent: an event already stored is not stored twice)."""
+        LiteLLM's process spends no time in SQLite), and calls as JSON (see
+        ``building.call_json``), whose events the child builds and stores; returns
+        the entries and the calls the caller must store itself: all of them, and any
+        the child took but never acknowledged, when no child runs. The child
+        acknowledges each batch once committed; a batch that a dead child never
+        acknowledged goes again to the next one (storing is idempotent: an event
+        already stored is not stored twice)."""
         self.ensure_started()
+        batch = _Batch(entries, calls)
         with self._relayed:
             process = self._taking()
             if process is None:
-                return [*self._take_unacked_locked(), *entries]
+                back = self._take_unacked_locked()
+                return [*back.entries, *entries], [*back.items, *(item for item, _ in calls)]
             resend = self._unacked_by is not process
             self._unacked_by = process
             number = next(self._numbers)
-            self._unacked[number] = entries
-            batches = sorted(self._unacked.items()) if resend else [(number, entries)]
-        for sent_number, batch in batches:
-            if not self._send_entries(process, sent_number, batch):
+            self._unacked[number] = batch
+            batches = sorted(self._unacked.items()) if resend else [(number, batch)]
+        for sent_number, sent in batches:
+            if not self._send_entries(process, sent_number, sent):
                 with self._relayed:
                     self._stuck = process  # relay no more to it; it may still send
-                    return self._take_unacked_locked()
-        return []
+                    back = self._take_unacked_locked()
+                    return list(back.entries), back.items
+        return [], []
 
     def wait_relayed(self, timeout: float) -> bool:
         """Wait until the child acknowledged every entry relayed so far; entries a dead
@@ -333,16 +365,17 @@ class DeliveryProcess:
             return None
         return process
 
-    def _send_entries(
-        self, process: subprocess.Popen[bytes], number: int, entries: Sequence[Entry]
-    ) -> bool:
+    def _send_entries(self, process: subprocess.Popen[bytes], number: int, batch: _Batch) -> bool:
         """One batch down the pipe, however long; False if the child does not take it
         within RELAY_WRITE_TIMEOUT (a line cut short is skipped by the child)."""
-        message = {"store": number, "entries": [entry.events for entry in entries]}
+        message = {"store": number, "entries": [entry.events for entry in batch.entries]}
         try:
-            data = orjson.dumps(message) + b"\n"
+            data = orjson.dumps(message)
         except TypeError:  # integers beyond 64 bits
-            data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+            data = json.dumps(message, separators=(",", ":")).encode()
+        if batch.forms:  # already JSON: spliced in, not parsed and encoded again
+            data = data[:-1] + b',"calls":[' + b",".join(batch.forms) + b"]}"
+        data += b"\n"
         if process.stdin is None:
             return False
         deadline = time.monotonic() + RELAY_WRITE_TIMEOUT
@@ -369,18 +402,25 @@ class DeliveryProcess:
         if self._on_relayed is not None:
             self._on_relayed(added)
 
-    def _take_unacked(self) -> list[Entry]:
+    def _take_unacked(self) -> _Batch:
         with self._relayed:
             return self._take_unacked_locked()
 
-    def _take_unacked_locked(self) -> list[Entry]:
-        taken = [entry for _, batch in sorted(self._unacked.items()) for entry in batch]
+    def _take_unacked_locked(self) -> _Batch:
+        batches = [batch for _, batch in sorted(self._unacked.items())]
         self._unacked.clear()
         self._relayed.notify_all()
-        return taken
+        return _Batch(
+            [entry for batch in batches for entry in batch.entries],
+            [call for batch in batches for call in batch.calls],
+        )
 
-    def _store_here(self, entries: Sequence[Entry]) -> None:
-        """Store in this process what no child will (idempotent if one did)."""
+    def _store_here(self, batch: _Batch) -> None:
+        """Store in this process what no child will (idempotent if one did), building
+        the calls' entries here."""
+        entries = list(batch.entries)
+        if self._prepare is not None:
+            entries += [entry for entry in map(self._prepare, batch.items) if entry is not None]
         if not entries:
             return
         self.outbox.write_or_refuse(entries)
@@ -448,9 +488,18 @@ class _Commands:
         return lines
 
 
-def _store(outbox: Outbox, command: dict[str, Any], parent: _Parent) -> int:
-    """Store a batch the parent relayed and acknowledge it; returns how many were new."""
+def _store(outbox: Outbox, builder: CallBuilder, command: dict[str, Any], parent: _Parent) -> int:
+    """Build the events of the calls the parent relayed, store them with its entries
+    and acknowledge the batch; returns how many were new."""
     entries = [Entry(events) for events in command["entries"]]
+    for form in command.get("calls", ()):
+        try:
+            built = builder.build(call_from_json(form))
+        except Exception as exc:  # not what the parent sends: keep it to be looked at
+            builder.keep_unbuilt("unknown", f"cannot read a relayed call ({exc}): {form!r}")
+            continue
+        if built is not None:
+            entries.append(Entry(built[1]))
     outbox.write_or_refuse(entries)
     for entry in entries:
         if entry.refused:
@@ -492,6 +541,7 @@ def main() -> None:
     logger.propagate = False
 
     outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes)
+    builder = CallBuilder(settings, outbox)
     sender = Sender(settings, outbox, on_pause=lambda reason: parent.tell({"paused": reason}))
     sender.ensure_started()
     parent.tell({"ready": True})
@@ -504,7 +554,7 @@ def main() -> None:
             except orjson.JSONDecodeError:  # a batch the parent gave up writing
                 continue
             if "store" in command:
-                since_wake += _store(outbox, command, parent)
+                since_wake += _store(outbox, builder, command, parent)
                 if since_wake >= settings.batch_size:
                     since_wake = 0
                     sender.wake()

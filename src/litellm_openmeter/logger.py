@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import threading
 import time
-import uuid
 import weakref
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import asdict
+from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import forksafe, metrics
+from .building import CallBuilder, Taken, Unreadable, call_json, cannot_build, text_or
 from .delivery import DeliveryProcess
-from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
+from .events import CloudEvent, SubjectResolver, build_events
 from .outbox import Entry, Held, Outbox
 from .sender import Sender
 from .settings import Settings
-from .usage import (
-    CallSnapshot,
-    UsageRecord,
-    record_from_kwargs,
-    record_from_snapshot,
-    snapshot,
-)
+from .usage import record_from_kwargs, snapshot
 from .writer import Writer
 
 log = logging.getLogger("litellm_openmeter")
@@ -73,16 +66,22 @@ class OpenMeterLogger(CustomLogger):
             f"{self.settings.event_shape}|{self.settings.outbox_path}"
         )
         self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
+        self.builder = CallBuilder(self.settings, self.outbox)
         self.sender: Sender | DeliveryProcess
         if self.settings.delivery == "process":
             self.sender = DeliveryProcess(
-                self.settings, self.outbox, on_stored=self._stored, on_relayed=self._relayed
+                self.settings,
+                self.outbox,
+                on_stored=self._stored,
+                on_relayed=self._relayed,
+                prepare=self._prepare_call,
             )
-            self.writer = Writer(self.outbox, self._stored, self._prepare_call, self.sender)
+            self.writer = Writer(
+                self.outbox, self._stored, self._prepare_call, self.sender, self._relay_form
+            )
         else:
             self.sender = Sender(self.settings, self.outbox)
             self.writer = Writer(self.outbox, self._stored, self._prepare_call)
-        self._unpriced_models: set[str] = set()
         self._held: dict[str, Held] = {}
         self._since_wake = 0
         self._enqueued = 0
@@ -180,8 +179,9 @@ class OpenMeterLogger(CustomLogger):
 
     def _on_call(self, kwargs: Any, *, success: bool) -> None:
         """A hook's whole work: take a snapshot of the values the call's record needs
-        (see ``usage.snapshot``) and hand it to the writer thread, which builds and
-        stores the events (``_prepare_call``)."""
+        (see ``usage.snapshot``) and hand it to the writer thread, which builds the
+        events (``_prepare_call``) or relays the snapshot to the delivery process, which
+        builds them (``_relay_form``)."""
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
@@ -189,14 +189,22 @@ class OpenMeterLogger(CustomLogger):
         with self._lock:
             self._calls_seen += 1
 
-    def _prepare_call(self, taken: _Taken | _Unreadable) -> Entry | None:
+    def _prepare_call(self, taken: Taken | Unreadable) -> Entry | None:
         """A call as the entry to store (settling its held events), or None; the writer
         thread runs it for the hooks, ``record_call`` in the caller."""
-        built = self._build(taken)
+        built = self.builder.build(taken, self.resolve_subject)
         if built is None:
             return None
         call_id, events = built
         return Entry(events, settle=self._take_hold(call_id))
+
+    def _relay_form(self, taken: object) -> bytes | None:
+        """The call as JSON for the delivery process to build its events, or None when
+        they must be built here: a custom subject resolver (it lives in this process),
+        held proxy events to settle, or values that are not plain JSON."""
+        if type(taken) is not Taken or self.resolve_subject is not None or self._held:
+            return None
+        return call_json(taken)
 
     def _events_to_hold(self, data: Any) -> tuple[str, list[CloudEvent]] | None:
         try:
@@ -236,37 +244,13 @@ class OpenMeterLogger(CustomLogger):
         return list(entry.events)
 
     @staticmethod
-    def _take(kwargs: Any, success: bool) -> _Taken | _Unreadable:
+    def _take(kwargs: Any, success: bool) -> Taken | Unreadable:
         """The call's snapshot, or why there is none. Never raises."""
         try:
-            return _Taken(snapshot(kwargs), success)
+            return Taken(snapshot(kwargs), success)
         except Exception as exc:
             call_id = _call_id(kwargs)
-            return _Unreadable(call_id, _cannot_build(call_id, exc))
-
-    def _build(self, taken: _Taken | _Unreadable) -> tuple[str, list[CloudEvent]] | None:
-        """The call's id and events; None when there are none, or when they cannot be
-        built (then they are kept as a dead letter). Never raises."""
-        if isinstance(taken, _Unreadable):
-            call_id, detail = taken.call_id, taken.detail
-        else:
-            call_id = _text_or(taken.snapshot.call.litellm_call_id, "unknown")
-            try:
-                record = record_from_snapshot(taken.snapshot, success=taken.success)
-                call_id = record.call_id
-                self._warn_if_unpriced(record)
-                events = build_events(record, self.settings, self.resolve_subject)
-            except MissingSubjectError as exc:
-                log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
-                self._keep_dead(exc.events, "no_subject", str(exc))
-                return None
-            except Exception as exc:
-                detail = _cannot_build(call_id, exc)
-            else:
-                return (call_id, events) if events else None
-        log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
-        self._keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
-        return None
+            return Unreadable(call_id, cannot_build(call_id, exc))
 
     # -- delivery control ------------------------------------------------------------
 
@@ -341,65 +325,10 @@ class OpenMeterLogger(CustomLogger):
         with self._lock:
             self._enqueued += added
 
-    def _keep_dead(self, events: list[CloudEvent], reason: str, detail: str) -> None:
-        try:
-            self.outbox.dead_letter(events, reason, detail)
-        except Exception as exc:
-            log.error(
-                "litellm-openmeter: cannot store dead letter (%s); events: %s",
-                exc,
-                json.dumps(events),
-            )
-
-    def _placeholder(self, call_id: str, detail: str) -> CloudEvent:
-        return {
-            "specversion": "1.0",
-            "type": self.settings.event_type,
-            "id": call_id if call_id != "unknown" else f"unknown-{uuid.uuid4()}",
-            "subject": "",
-            "source": self.settings.source,
-            "data": {"build_error": detail},
-        }
-
-    def _warn_if_unpriced(self, record: UsageRecord) -> None:
-        if record.priced or record.model in self._unpriced_models:
-            return
-        self._unpriced_models.add(record.model)
-        log.warning(
-            "litellm-openmeter: LiteLLM has no price for model %r (call %s): its cost is "
-            "sent as 0. Add the model to LiteLLM's model cost map (litellm.register_model) "
-            "to bill its cost; tokens are metered either way.",
-            record.model,
-            record.call_id,
-        )
-
-
-class _Taken(NamedTuple):
-    """What a hook hands the writer: the call's snapshot and whether it succeeded."""
-
-    snapshot: CallSnapshot
-    success: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Unreadable:
-    """A call whose usage could not be read: kept as a dead letter by the writer."""
-
-    call_id: str
-    detail: str
-
 
 def _call_id(kwargs: Any) -> str:
     found = kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None
-    return _text_or(found, "unknown")
-
-
-def _text_or(value: object, default: str) -> str:
-    return str(value) if value else default
-
-
-def _cannot_build(call_id: str, exc: Exception) -> str:
-    return f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
+    return text_or(found, "unknown")
 
 
 def _close_all_at_exit() -> None:

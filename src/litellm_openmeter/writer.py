@@ -42,14 +42,19 @@ own pace: the writer stores tens of thousands of events a second)."""
 
 Stored = Callable[[Entry], None]
 Prepare = Callable[[Any], "Entry | None"]
+RelayForm = Callable[[Any], "bytes | None"]
 Item = tuple[Any, "Future[Entry] | None"]
 
 
 class Relay(Protocol):
     """Another process that stores entries for the writer (see ``delivery``)."""
 
-    def relay(self, entries: Sequence[Entry]) -> Sequence[Entry]:
-        """Take entries to store; returns those the writer must store itself."""
+    def relay(
+        self, entries: Sequence[Entry], calls: Sequence[tuple[Any, bytes]] = ()
+    ) -> tuple[Sequence[Entry], Sequence[Any]]:
+        """Take entries to store, and calls (what ``prepare`` would have turned into
+        entries, with their JSON) to build and store; returns the entries and the calls
+        the writer must store itself."""
 
     def wait_relayed(self, timeout: float) -> bool:
         """Wait until what was taken is stored; False on timeout."""
@@ -63,7 +68,9 @@ class Writer:
     turns what :meth:`submit_later` was given into an entry (or None: nothing to
     store), in the writer thread, just before the transaction. With a ``relay``, the
     entries that neither hold nor settle nor are waited for go to it instead (the
-    delivery process stores them); ``on_stored`` is not called for those.
+    delivery process stores them); ``on_stored`` is not called for those. With a
+    ``relay_form`` too, what it turns into JSON goes to the relay unprepared (the
+    delivery process builds the entries), and the rest is prepared here.
     """
 
     def __init__(
@@ -72,11 +79,16 @@ class Writer:
         on_stored: Stored,
         prepare: Prepare | None = None,
         relay: Relay | None = None,
+        relay_form: RelayForm | None = None,
     ) -> None:
         self.outbox = outbox
         self._on_stored = on_stored
         self._prepare = prepare
         self._relay = relay
+        self._relay_form = relay_form if relay is not None else None
+        self.calls_relayed = 0
+        """Calls handed to the relay unprepared, for it to build their entries (those
+        it gives back are prepared here after all)."""
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -202,19 +214,21 @@ class Writer:
 
     def _store(self, batch: list[Item]) -> None:
         ready: list[tuple[Entry, Future[Entry] | None]] = []
+        calls: list[tuple[Any, bytes]] = []
         for item, future in batch:
             if isinstance(item, Entry):
                 ready.append((item, future))
                 continue
-            try:
-                entry = self._prepare(item) if self._prepare is not None else None
-            except Exception:  # pragma: no cover - prepare keeps what it cannot build
-                log.exception("litellm-openmeter: error while preparing events")
-                entry = None
+            if self._relay_form is not None and future is None:
+                form = self._relay_form(item)
+                if form is not None:
+                    calls.append((item, form))
+                    continue
+            entry = self._prepared(item)
             if entry is not None:
                 ready.append((entry, future))
         if self._relay is not None:
-            ready = self._hand_over(ready)
+            ready = self._hand_over(ready, calls)
         self.outbox.write_or_refuse([entry for entry, _ in ready])
         for entry, future in ready:
             try:
@@ -227,11 +241,18 @@ class Writer:
             self._pending -= len(batch)
             self._idle.notify_all()
 
+    def _prepared(self, item: Any) -> Entry | None:
+        try:
+            return self._prepare(item) if self._prepare is not None else None
+        except Exception:  # pragma: no cover - prepare keeps what it cannot build
+            log.exception("litellm-openmeter: error while preparing events")
+            return None
+
     def _hand_over(
-        self, ready: list[tuple[Entry, Future[Entry] | None]]
+        self, ready: list[tuple[Entry, Future[Entry] | None]], calls: list[tuple[Any, bytes]]
     ) -> list[tuple[Entry, Future[Entry] | None]]:
-        """Relay the plain entries; returns those to store here: the others, and any
-        the relay gave back."""
+        """Relay the plain entries and the calls; returns the entries to store here:
+        the others, and any the relay gave back (calls given back prepared here)."""
         assert self._relay is not None
         plain, others = [], []
         for entry, future in ready:
@@ -239,11 +260,13 @@ class Writer:
                 plain.append(entry)
             else:
                 others.append((entry, future))
-        if not plain:
+        if not plain and not calls:
             return ready
         try:
-            back = self._relay.relay(plain)
+            back, unbuilt = self._relay.relay(plain, calls)
         except Exception:  # pragma: no cover - the relay gives back what it cannot take
             log.exception("litellm-openmeter: error while relaying events")
-            back = plain
-        return others + [(entry, None) for entry in back]
+            back, unbuilt = plain, [item for item, _ in calls]
+        self.calls_relayed += len(calls)
+        built = [entry for entry in map(self._prepared, unbuilt) if entry is not None]
+        return others + [(entry, None) for entry in [*back, *built]]

@@ -1,0 +1,206 @@
+"""From a hook's snapshot of a call to the events to store, wherever that runs.
+
+The logger's writer thread builds them, or, by default, the delivery process does (so
+that LiteLLM's process spends no time on it): the writer then relays the snapshot
+itself as JSON (:func:`call_json`), which costs a fraction of building the record and
+its events. A snapshot holding anything but plain JSON values, a custom subject
+resolver, or a call with held proxy events keeps the building in LiteLLM's process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
+from .outbox import Outbox
+from .settings import Settings
+from .usage import (
+    CallSnapshot,
+    UsageRecord,
+    _Call,
+    _Identities,
+    _number,
+    _Payload,
+    record_from_snapshot,
+)
+
+log = logging.getLogger("litellm_openmeter")
+
+# A value orjson would change on the way (a subclass, a datetime, a dataclass) makes it
+# refuse the snapshot instead: such a call is built where it was taken.
+_STRICT = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+class Taken(NamedTuple):
+    """What a hook hands the writer: the call's snapshot and whether it succeeded."""
+
+    snapshot: CallSnapshot
+    success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A call whose usage could not be read: kept as a dead letter."""
+
+    call_id: str
+    detail: str
+
+
+def call_json(taken: Taken) -> bytes | None:
+    """The call as JSON for :func:`call_from_json` in another process, or None when a
+    value would not come back the same (not plain JSON)."""
+    snap = taken.snapshot
+    call = snap.call
+    epoch = _number(snap.payload.endTime)
+    if epoch is not None and epoch > 0:
+        call = call._replace(end_time=None)  # only a fallback for a missing endTime
+    errors = snap.payload.error_information
+    if not _finite(
+        call,
+        snap.payload,
+        errors.values() if type(errors) is dict else (),
+        snap.identities,
+        snap.params_identities,
+        (snap.params_provider, snap.parameters_user),
+    ):
+        return None
+    try:
+        return orjson.dumps(
+            [
+                taken.success,
+                tuple(call),  # orjson writes tuples, not their subclasses
+                snap.has_response_cost,
+                tuple(snap.payload),
+                snap.usage,
+                tuple(snap.identities),
+                tuple(snap.params_identities),
+                snap.params_provider,
+                snap.parameters_user,
+            ],
+            option=_STRICT,
+        )
+    except TypeError:  # orjson.JSONEncodeError too
+        return None
+
+
+def _finite(*groups: Iterable[object]) -> bool:
+    """No NaN or infinity among the values read as text (orjson writes them as null,
+    and ``str(nan)`` is not ``None``). In the usage mapping they count as 0 either way."""
+    for group in groups:
+        for value in group:
+            if type(value) is float and not -math.inf < value < math.inf:
+                return False
+    return True
+
+
+def call_from_json(value: list[Any]) -> Taken:
+    """The inverse of :func:`call_json`, from its parsed JSON."""
+    success, call, has_cost, payload, usage, identities, params, provider, user = value
+    return Taken(
+        CallSnapshot(
+            _Call(*call),
+            has_cost,
+            _Payload(*payload),
+            usage,
+            _Identities(*identities),
+            _Identities(*params),
+            provider,
+            user,
+        ),
+        success,
+    )
+
+
+class CallBuilder:
+    """Builds a call's events, keeping what cannot be built (or has no subject) as a
+    dead letter in the outbox, and warning once per model LiteLLM could not price."""
+
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self._unpriced_models: set[str] = set()
+
+    def build(
+        self, taken: Taken | Unreadable, resolver: SubjectResolver | None = None
+    ) -> tuple[str, list[CloudEvent]] | None:
+        """The call's id and events; None when there are none, or when they cannot be
+        built (then they are kept as a dead letter). Never raises."""
+        if isinstance(taken, Unreadable):
+            call_id, detail = taken.call_id, taken.detail
+        else:
+            call_id = text_or(taken.snapshot.call.litellm_call_id, "unknown")
+            try:
+                record = record_from_snapshot(taken.snapshot, success=taken.success)
+                call_id = record.call_id
+                self._warn_if_unpriced(record)
+                events = build_events(record, self.settings, resolver)
+            except MissingSubjectError as exc:
+                log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
+                self.keep_dead(exc.events, "no_subject", str(exc))
+                return None
+            except Exception as exc:
+                detail = cannot_build(call_id, exc)
+            else:
+                return (call_id, events) if events else None
+        self.keep_unbuilt(call_id, detail)
+        return None
+
+    def keep_unbuilt(self, call_id: str, detail: str) -> None:
+        """Keep a placeholder event for a call whose events could not be built."""
+        log.error("litellm-openmeter: %s; kept as a dead letter (reason build_error)", detail)
+        self.keep_dead([self._placeholder(call_id, detail)], "build_error", detail)
+
+    def keep_dead(self, events: list[CloudEvent], reason: str, detail: str) -> None:
+        """Store events as dead letters; log them whole if even that fails."""
+        try:
+            self.outbox.dead_letter(events, reason, detail)
+        except Exception as exc:
+            log.error(
+                "litellm-openmeter: cannot store dead letter (%s); events: %s",
+                exc,
+                json.dumps(events),
+            )
+
+    def _placeholder(self, call_id: str, detail: str) -> CloudEvent:
+        return {
+            "specversion": "1.0",
+            "type": self.settings.event_type,
+            "id": call_id if call_id != "unknown" else f"unknown-{uuid.uuid4()}",
+            "subject": "",
+            "source": self.settings.source,
+            "data": {"build_error": detail},
+        }
+
+    def _warn_if_unpriced(self, record: UsageRecord) -> None:
+        if record.priced or record.model in self._unpriced_models:
+            return
+        self._unpriced_models.add(record.model)
+        log.warning(
+            "litellm-openmeter: LiteLLM has no price for model %r (call %s): its cost is "
+            "sent as 0. Add the model to LiteLLM's model cost map (litellm.register_model) "
+            "to bill its cost; tokens are metered either way.",
+            record.model,
+            record.call_id,
+        )
+
+
+def text_or(value: object, default: str) -> str:
+    """``str(value)``, or ``default`` for an empty or missing one."""
+    return str(value) if value else default
+
+
+def cannot_build(call_id: str, exc: Exception) -> str:
+    """Why a call's events could not be built."""
+    return f"cannot build the event for LiteLLM call {call_id}: {type(exc).__name__}: {exc}"
