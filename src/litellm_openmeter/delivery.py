@@ -1,19 +1,20 @@
-"""The delivery process: storing and sending, in a child process of its own.
+"""The delivery process: building, storing and sending, in a child process of its own.
 
-Every microsecond a thread of LiteLLM's process spends in SQLite, on the outbox's
-claims, the HTTP POSTs and the acknowledgements is taken from LiteLLM's own threads:
-they share one GIL. A child process has a GIL of its own, so by default
-(``OPENMETER_DELIVERY=process``) the writer thread only builds the events and relays
-them to the child, which stores them in the outbox and runs the sender.
+Every microsecond a thread of LiteLLM's process spends building events, in SQLite, on
+the outbox's claims, the HTTP POSTs and the acknowledgements is taken from LiteLLM's
+own threads: they share one GIL. A child process has a GIL of its own, so by default
+(``OPENMETER_DELIVERY=process``) the writer thread only relays the hooks' calls as
+JSON (and the entries it had to build itself, see ``building``) to the child, which
+builds their events, stores them in the outbox and runs the sender.
 
 The parent talks to the child through two pipes of JSON lines: settings, then
-``store`` (a batch of the writer's entries, numbered), ``wake``, ``flush`` and
+``store`` (a batch of the writer's calls and entries, numbered), ``wake``, ``flush`` and
 ``stop`` down the child's stdin; ``stored`` (the batch is committed, and how many of
 its events were new), log records and pause changes up its stdout, which the parent
 logs through its own ``litellm_openmeter`` logger, so that the user's logging
 configuration applies to them. Batches stay with the parent until the child confirms
-them: those a dead child never confirmed go to its successor or are stored by the
-parent, and storing is idempotent, so none is lost or stored twice. When the parent
+them: those a dead child never confirmed go to its successor or are built and stored
+by the parent, and storing is idempotent, so none is lost or stored twice. When the parent
 goes away (closes the logger, exits, or is killed) the child reads its stdin to the
 end, storing what is there, sends what it can within ``shutdown_timeout`` and exits;
 what is left waits in the outbox for the next process.

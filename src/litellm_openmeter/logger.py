@@ -2,9 +2,9 @@
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
 (no required arguments), same environment, same default event shape. The writer
-thread builds the events and stores them, or by default hands them to the delivery
-process, which stores and sends them (see ``delivery``); network I/O happens only in
-the sender.
+thread builds the events and stores them, or by default hands the calls to the
+delivery process, which builds, stores and sends their events (see ``delivery`` and
+``building``); network I/O happens only in the sender.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ class OpenMeterLogger(CustomLogger):
         """Turn one call's hook arguments into events and hand them to the writer
         thread, which stores them in the outbox within ``writer.COMMIT_INTERVAL``; never
         raises. Returns the events (empty when none or on failure). The hooks do the
-        same, but build the events in the writer thread.
+        same, but leave the building to the writer thread or the delivery process.
         """
         entry = self._prepare_call(self._take(kwargs, success))
         if entry is None:

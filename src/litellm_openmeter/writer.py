@@ -2,10 +2,10 @@
 
 A hook hands its call over and returns at once; the writer builds the events of
 whatever has arrived meanwhile and stores them in one SQLite transaction, or hands
-them to the delivery process, which does (a ``Relay``: then LiteLLM's process spends
-no time in SQLite). The request path never waits for a commit, nor for the GIL after
-SQLite gave it up (with another thread busy, taking it back can cost milliseconds),
-and many calls share one commit.
+the calls to the delivery process, which does both (a ``Relay``: then LiteLLM's
+process spends no time building events nor in SQLite). The request path never waits
+for a commit, nor for the GIL after SQLite gave it up (with another thread busy,
+taking it back can cost milliseconds), and many calls share one commit.
 
 While calls keep coming the writer works at most every ``COMMIT_INTERVAL`` seconds:
 each turn wakes a thread that then competes with LiteLLM's own for the GIL. A turn per
