@@ -59,7 +59,7 @@ PIPE_BYTES = 1 << 20
 commit's worth of entries fits in it at once."""
 NICENESS = 10
 """How much the child lowers its CPU priority: where cores are scarce, LiteLLM's own
-threads come first, and the child still gets about a tenth of a busy core (some 2,000
+threads come first, and the child still gets about a tenth of a busy core (some 1,300
 events a second)."""
 
 Stored = Callable[[Entry], None]
