@@ -439,8 +439,25 @@ def test_calls_that_are_not_plain_json_are_built_where_they_were_taken() -> None
             "standard_logging_object": {**payload, "endTime": None},
         },
         {"user": type("UserId", (str,), {})("u-1")},
-        {"model": float("nan")},
         {"response_cost": 2**70},
         {"standard_logging_object": {**payload, "metadata": {"usage_object": litellm.Usage()}}},
     ):
         assert _through_the_pipe({**kwargs, **changed}) is None, changed
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_number_names_nothing(value: float) -> None:
+    """A NaN where a name belongs (JSON has none: it arrives as null) is no name, here
+    and in the delivery process alike."""
+    kwargs = fixture("openai_cached")
+    payload = kwargs["standard_logging_object"]
+    kwargs = {
+        **kwargs,
+        "user": value,
+        "model": value,
+        "standard_logging_object": {**payload, "model": value, "model_group": value},
+    }
+    here = record_from_kwargs(kwargs)
+    assert (here.model, here.model_group) == ("unknown", None)
+    assert here.identities["user"] == "user-1"  # the request's user, as if none were given
+    assert _through_the_pipe(kwargs) == here

@@ -2,7 +2,7 @@
 
 The logger's writer thread builds them, or, by default, the delivery process does (so
 that LiteLLM's process spends no time on it): the writer then relays the snapshot
-itself as JSON (:func:`call_json`, about 4 us against 11 us for the record and its
+itself as JSON (:func:`call_json`, about 2 us against 11 us for the record and its
 events). A snapshot holding anything but plain JSON values, a custom subject
 resolver, or a call with held proxy events keeps the building in LiteLLM's process.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +41,9 @@ _STRICT = (
 )
 
 
+_END_TIME = _Call._fields.index("end_time")
+
+
 class Taken(NamedTuple):
     """What a hook hands the writer: the call's snapshot and whether it succeeded."""
 
@@ -62,25 +63,16 @@ def call_json(taken: Taken) -> bytes | None:
     """The call as JSON for :func:`call_from_json` in another process, or None when a
     value would not come back the same (not plain JSON)."""
     snap = taken.snapshot
-    call = snap.call
+    call = tuple(snap.call)  # orjson writes tuples, not their subclasses
     epoch = _number(snap.payload.endTime)
     if epoch is not None and epoch > 0:
-        call = call._replace(end_time=None)  # only a fallback for a missing endTime
-    errors = snap.payload.error_information
-    if not _finite(
-        call,
-        snap.payload,
-        errors.values() if type(errors) is dict else (),
-        snap.identities,
-        snap.params_identities,
-        (snap.params_provider, snap.parameters_user),
-    ):
-        return None
+        # the call's end_time (a datetime) is only the fallback for a missing endTime
+        call = (*call[:_END_TIME], None, *call[_END_TIME + 1 :])
     try:
         return orjson.dumps(
             [
                 taken.success,
-                tuple(call),  # orjson writes tuples, not their subclasses
+                call,
                 snap.has_response_cost,
                 tuple(snap.payload),
                 snap.usage,
@@ -93,16 +85,6 @@ def call_json(taken: Taken) -> bytes | None:
         )
     except TypeError:  # orjson.JSONEncodeError too
         return None
-
-
-def _finite(*groups: Iterable[object]) -> bool:
-    """No NaN or infinity among the values read as text (orjson writes them as null,
-    and ``str(nan)`` is not ``None``). In the usage mapping they count as 0 either way."""
-    for group in groups:
-        for value in group:
-            if type(value) is float and not -math.inf < value < math.inf:
-                return False
-    return True
 
 
 def call_from_json(value: list[Any]) -> Taken:

@@ -294,13 +294,16 @@ def _mapping(value: object) -> Mapping[str, object]:
 
 
 def _text(value: object) -> str | None:
-    """A non-empty string, or None. Numbers become their string (user ids)."""
+    """A non-empty string, or None. Numbers become their string (user ids); NaN and
+    infinities name nothing."""
     if type(value) is str:
         return value if value and not value.isspace() else None
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return str(value) if -math.inf < value < math.inf else None
     if isinstance(value, str):
         return value if value.strip() else None
     return None
