@@ -43,7 +43,19 @@ own pace: the writer stores tens of thousands of events a second)."""
 Stored = Callable[[Entry], None]
 Prepare = Callable[[Any], "Entry | None"]
 RelayForm = Callable[[Any], "bytes | None"]
-Item = tuple[Any, "Future[Entry] | None"]
+
+
+class _Waited:
+    """A queued item whose submitter waits for its entry (others are queued bare)."""
+
+    __slots__ = ("future", "item")
+
+    def __init__(self, item: object, future: Future[Entry]) -> None:
+        self.item = item
+        self.future = future
+
+
+_STOP = object()
 
 
 class Relay(Protocol):
@@ -89,7 +101,7 @@ class Writer:
         self.calls_relayed = 0
         """Calls handed to the relay unprepared, for it to build their entries (those
         it gives back are prepared here after all)."""
-        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
         self._urgent = threading.Event()
@@ -113,8 +125,8 @@ class Writer:
         return future
 
     def submit_later(self, work: object) -> None:
-        """Queue ``work`` that ``prepare`` turns into an entry in the writer thread: the
-        cheapest hand-over, for the hooks."""
+        """Queue ``work`` that ``prepare`` turns into an entry in the writer thread (or
+        ``relay_form`` into JSON for the relay): the cheapest hand-over, for the hooks."""
         self._put(work, None)
 
     def _put(self, item: object, future: Future[Entry] | None) -> None:
@@ -123,7 +135,9 @@ class Writer:
                 self._idle.wait(1.0)
             self._pending += 1
             full = self._pending == MAX_ENTRIES_PER_COMMIT
-        self._queue.put((item, future))
+        # Bare unless waited for: every object queued here is alive until the writer's
+        # turn, long enough to be promoted by the garbage collector.
+        self._queue.put(item if future is None else _Waited(item, future))
         if full:
             self._urgent.set()  # a full commit is waiting: no reason to pause
         if not self._writing():
@@ -152,7 +166,7 @@ class Writer:
         if thread is None or not thread.is_alive():
             return self._pending == 0
         deadline = time.monotonic() + timeout
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._urgent.set()
         thread.join(timeout)
         if thread.is_alive():
@@ -190,15 +204,15 @@ class Writer:
             if (
                 pause > 0
                 and not stopping
-                and item is not None
-                and item[1] is None
+                and item is not _STOP
+                and type(item) is not _Waited
                 and self._pending < MAX_ENTRIES_PER_COMMIT
             ):
                 self._urgent.wait(pause)  # let more calls join this commit
             self._urgent.clear()
             batch = []
             while True:
-                if item is None:
+                if item is _STOP:
                     stopping = True
                 else:
                     batch.append(item)
@@ -212,10 +226,13 @@ class Writer:
                 self._store(batch)
                 self._last_commit = time.monotonic()
 
-    def _store(self, batch: list[Item]) -> None:
+    def _store(self, batch: list[object]) -> None:
         ready: list[tuple[Entry, Future[Entry] | None]] = []
         calls: list[tuple[Any, bytes]] = []
-        for item, future in batch:
+        for queued in batch:
+            item, future = (
+                (queued.item, queued.future) if isinstance(queued, _Waited) else (queued, None)
+            )
             if isinstance(item, Entry):
                 ready.append((item, future))
                 continue
