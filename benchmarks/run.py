@@ -26,7 +26,7 @@ FULL = {
     "delivery": ["--hooks", "20000", "--drain", "200000", "--backlog", "1000000"],
     # Turns of 100 calls within a round cancel the machine's drift; rounds repeat it
     # with new processes.
-    "compare": ["--calls", "2000", "--rounds", "6"],
+    "compare": ["--calls", "2000", "--rounds", "10"],
     "gc": ["--calls", "3000", "--repeat", "2"],
 }
 QUICK = {
