@@ -4,6 +4,7 @@ a thread where no child can be started."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -19,11 +20,16 @@ from ingest_server import RecordingServer
 
 
 def record(logger: Any, prefix: str, count: int, via: str = "record_call") -> None:
-    """Calls through ``record_call`` (events built here) or the success hook (the
-    writer relays the call and the delivery process builds its events)."""
+    """Calls through ``record_call`` (events built here) or a success hook, sync or
+    async (the writer relays the call and the delivery process builds its events)."""
     for index in range(count):
         if via == "hook":
             logger.log_success_event(hook_kwargs(f"{prefix}-{index}"), None, None, None)
+        elif via == "async hook":
+            hooked = logger.async_log_success_event(
+                hook_kwargs(f"{prefix}-{index}"), None, None, None
+            )
+            asyncio.run(hooked)
         else:
             logger.record_call(hook_kwargs(f"{prefix}-{index}"), success=True)
 
@@ -88,7 +94,7 @@ def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(
     assert sorted(ids) == ["after-0", "after-1", "after-2", "before-0", "before-1"]
 
 
-@pytest.mark.parametrize("via", ["record_call", "hook"])
+@pytest.mark.parametrize("via", ["record_call", "hook", "async hook"])
 def test_the_delivery_process_stores_the_calls_and_says_so(
     make_logger: Any, ingest: RecordingServer, via: str
 ) -> None:
@@ -109,12 +115,12 @@ def test_the_delivery_process_stores_the_calls_and_says_so(
     assert logger.flush(20)
     events = ingest.accepted_events()
     assert sorted(event["id"] for event in events) == [f"relayed-{index}" for index in range(5)]
-    assert logger.writer.calls_relayed == (5 if via == "hook" else 0)
+    assert logger.writer.calls_relayed == (0 if via == "record_call" else 5)
     built_here = logger.record_call(hook_kwargs("relayed-0"), success=True)
     assert all(event == {**built_here[0], "id": event["id"]} for event in events)
 
 
-@pytest.mark.parametrize("via", ["record_call", "hook"])
+@pytest.mark.parametrize("via", ["record_call", "hook", "async hook"])
 @pytest.mark.parametrize("then", ["flush", "more calls"])
 def test_calls_a_killed_delivery_process_never_stored_are_stored_once(
     make_logger: Any, ingest: RecordingServer, then: str, via: str

@@ -116,8 +116,9 @@ class OpenMeterLogger(CustomLogger):
     def log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        """Sync calls and sync streams (once, at the end)."""
-        self._on_call(kwargs, success=True)
+        """Sync calls and sync streams (once, at the end); runs in LiteLLM's logging
+        thread pool."""
+        self._on_call(kwargs, success=True, as_json=self._relays)
 
     async def async_log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
@@ -129,7 +130,7 @@ class OpenMeterLogger(CustomLogger):
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Failed sync calls (metered only with ``OPENMETER_METER_FAILURES=true``)."""
-        self._on_call(kwargs, success=False)
+        self._on_call(kwargs, success=False, as_json=self._relays)
 
     async def async_log_failure_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
@@ -187,19 +188,24 @@ class OpenMeterLogger(CustomLogger):
         if isinstance(request_data, dict):
             self._drop_hold(str(request_data.get("litellm_call_id") or ""))
 
-    def _on_call(self, kwargs: Any, *, success: bool) -> None:
+    def _on_call(self, kwargs: Any, *, success: bool, as_json: bool = False) -> None:
         """A hook's whole work: take a snapshot of the values the call's record needs
         (see ``usage.snapshot``) and hand it to the writer thread, which builds the
         events (``_prepare_call``) or relays the call to the delivery process, which
-        builds them (``_relay_form``). For the delivery process the hook hands over the
-        call as JSON already (``building.call_json``, about 2 us): bytes are no work for
+        builds them (``_relay_form``).
+
+        ``as_json`` (the sync hooks, when the delivery process builds the events): hand
+        the call over as JSON already (``building.call_json``). Bytes are no work for
         the garbage collector while they wait for the writer, where the snapshot's
-        tuples would be, and the writer has nothing left to do per call."""
+        tuples are, and the writer has nothing left to do for the call. The sync hooks
+        run in LiteLLM's logging threads, beside the caller; the async hooks run on the
+        caller's event loop, where every microsecond is the caller's, so they leave the
+        JSON to the writer thread."""
         if not success and isinstance(kwargs, dict):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
             taken = self._take(kwargs, success)
-            if self._relays and self.resolve_subject is None and type(taken) is Taken:
+            if as_json and self.resolve_subject is None and type(taken) is Taken:
                 self.writer.submit_later(call_json(taken) or taken)
             else:
                 self.writer.submit_later(taken)
