@@ -1,9 +1,9 @@
 """From a hook's snapshot of a call to the events to store, wherever that runs.
 
 The logger's writer thread builds them, or, by default, the delivery process does (so
-that LiteLLM's process spends no time on it): the hook then turns its snapshot into
-JSON (:func:`call_json`, about 2 us against 11 us for the record and its events),
-which the writer relays. A snapshot holding anything but plain JSON values, a custom subject
+that LiteLLM's process spends no time on it): the call then goes there as JSON
+(:func:`call_json`, about 2 us against 11 us for the record and its events), made by
+a sync hook or by the writer. A snapshot holding anything but plain JSON values, a custom subject
 resolver, or a call with held proxy events keeps the building in LiteLLM's process.
 """
 
