@@ -3,8 +3,9 @@
 The logger's writer thread builds them, or, by default, the delivery process does (so
 that LiteLLM's process spends no time on it): the call then goes there as JSON
 (:func:`call_json`, about 2 us against 11 us for the record and its events), made by
-a sync hook or by the writer. A snapshot holding anything but plain JSON values, a custom subject
-resolver, or a call with held proxy events keeps the building in LiteLLM's process.
+a sync hook or by the writer. A snapshot holding anything but plain JSON values, a
+custom subject resolver, or a call with held proxy events keeps the building in
+LiteLLM's process.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ _STRICT = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
-
-
 _END_TIME = _Call._fields.index("end_time")
 
 

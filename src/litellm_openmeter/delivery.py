@@ -330,7 +330,7 @@ class DeliveryProcess:
             process = self._taking()
             if process is None:
                 back = self._take_unacked_locked()
-                return [*back.entries, *entries], [*back.items, *(item for item, _ in calls)]
+                return [*back.entries, *entries], [*back.items, *batch.items]
             resend = self._unacked_by is not process
             self._unacked_by = process
             number = next(self._numbers)

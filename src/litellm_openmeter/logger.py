@@ -195,7 +195,7 @@ class OpenMeterLogger(CustomLogger):
         builds them (``_relay_form``).
 
         ``as_json`` (the sync hooks, when the delivery process builds the events): hand
-        the call over as JSON already (``building.call_json``). Bytes are no work for
+        the call over as JSON already, where ``_relay_form`` allows. Bytes are no work for
         the garbage collector while they wait for the writer, where the snapshot's
         tuples are, and the writer has nothing left to do for the call. The sync hooks
         run in LiteLLM's logging threads, beside the caller; the async hooks run on the
@@ -205,10 +205,7 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if success or self.settings.meter_failures:
             taken = self._take(kwargs, success)
-            if as_json and self.resolve_subject is None and type(taken) is Taken:
-                self.writer.submit_later(call_json(taken) or taken)
-            else:
-                self.writer.submit_later(taken)
+            self.writer.submit_later((as_json and self._relay_form(taken)) or taken)
         with self._lock:
             self._calls_seen += 1
 
