@@ -507,6 +507,12 @@ def _usage(args: argparse.Namespace) -> int:
     for key, value in (("from", args.start), ("to", args.end), ("windowSize", args.window)):
         if value:
             params[key] = value
+    if not args.end and not args.window:
+        # One query per column: without a fixed end, each one's period would end at its own
+        # "now" and a second ticking over between them would split a subject's row in two.
+        # (With a window size the windows fix the ends, and OpenMeter wants them aligned.)
+        until = datetime.fromtimestamp(int(time.time()) + 1, timezone.utc)  # takes this second in
+        params["to"] = until.strftime("%Y-%m-%dT%H:%M:%SZ")
     if args.subject:
         params["subject"] = args.subject
     rows: dict[tuple[str, str, str, tuple[str, ...]], dict[str, float]] = {}
