@@ -103,10 +103,13 @@ class Writer:
         it gives back are prepared here after all)."""
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
-        self._idle = threading.Condition()
+        # The hooks take the bare lock (its "with" runs in C; a Condition's in Python).
+        self._pending_lock = threading.Lock()
+        self._idle = threading.Condition(self._pending_lock)
         self._urgent = threading.Event()
         self._last_commit = 0.0
         self._thread: threading.Thread | None = None
+        self._alive = False  # Thread.is_alive() costs a hook three Python calls
         self._start_lock = threading.Lock()
         forksafe.track(self)
 
@@ -130,8 +133,8 @@ class Writer:
         self._put(work, None)
 
     def _put(self, item: object, future: Future[Entry] | None) -> None:
-        with self._idle:
-            while self._pending >= MAX_PENDING and self._writing():
+        with self._pending_lock:
+            while self._pending >= MAX_PENDING and self._alive:
                 self._idle.wait(1.0)
             self._pending += 1
             full = self._pending == MAX_ENTRIES_PER_COMMIT
@@ -140,11 +143,8 @@ class Writer:
         self._queue.put(item if future is None else _Waited(item, future))
         if full:
             self._urgent.set()  # a full commit is waiting: no reason to pause
-        if not self._writing():
+        if not self._alive:
             self._start()
-
-    def _writing(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything submitted so far is stored; False on timeout."""
@@ -179,21 +179,34 @@ class Writer:
         """Forget the parent's thread and queue: the parent stores its own entries."""
         self._queue = queue.SimpleQueue()
         self._pending = 0
-        self._idle = threading.Condition()
+        self._pending_lock = threading.Lock()
+        self._idle = threading.Condition(self._pending_lock)
         self._urgent = threading.Event()
         self._thread = None
+        self._alive = False
         self._start_lock = threading.Lock()
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._writing():
+            if self._alive:
                 return
             self._thread = threading.Thread(
                 target=self._run, name=f"litellm-openmeter-writer-{os.getpid()}", daemon=True
             )
-            self._thread.start()
+            self._alive = True
+            try:
+                self._thread.start()
+            except BaseException:
+                self._alive = False
+                raise
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._alive = False
+
+    def _work(self) -> None:
         stopping = False
         while True:
             try:  # once stop() was asked, only what is already queued remains
