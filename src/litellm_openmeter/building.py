@@ -22,12 +22,11 @@ from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_even
 from .outbox import Outbox
 from .settings import Settings
 from .usage import (
+    CALL_FIELDS,
+    PAYLOAD_FIELDS,
     CallSnapshot,
     UsageRecord,
-    _Call,
-    _Identities,
     _number,
-    _Payload,
     record_from_snapshot,
 )
 
@@ -40,7 +39,9 @@ _STRICT = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
-_END_TIME = _Call._fields.index("end_time")
+_CALL_ID = CALL_FIELDS.index("litellm_call_id")
+_END_TIME = CALL_FIELDS.index("end_time")
+_PAYLOAD_END_TIME = PAYLOAD_FIELDS.index("endTime")
 
 
 class Taken(NamedTuple):
@@ -62,8 +63,8 @@ def call_json(taken: Taken) -> bytes | None:
     """The call as JSON for :func:`call_from_json` in another process, or None when a
     value would not come back the same (not plain JSON)."""
     snap = taken.snapshot
-    call = tuple(snap.call)  # orjson writes tuples, not their subclasses
-    epoch = _number(snap.payload.endTime)
+    call = snap.call
+    epoch = _number(snap.payload[_PAYLOAD_END_TIME])
     if epoch is not None and epoch > 0:
         # the call's end_time (a datetime) is only the fallback for a missing endTime
         call = (*call[:_END_TIME], None, *call[_END_TIME + 1 :])
@@ -73,10 +74,10 @@ def call_json(taken: Taken) -> bytes | None:
                 taken.success,
                 call,
                 snap.has_response_cost,
-                tuple(snap.payload),
+                snap.payload,
                 snap.usage,
-                tuple(snap.identities),
-                tuple(snap.params_identities),
+                snap.identities,
+                snap.params_identities,
                 snap.params_provider,
                 snap.parameters_user,
             ],
@@ -91,12 +92,12 @@ def call_from_json(value: list[Any]) -> Taken:
     success, call, has_cost, payload, usage, identities, params, provider, user = value
     return Taken(
         CallSnapshot(
-            _Call(*call),
+            tuple(call),
             has_cost,
-            _Payload(*payload),
+            tuple(payload),
             usage,
-            _Identities(*identities),
-            _Identities(*params),
+            tuple(identities),
+            tuple(params),
             provider,
             user,
         ),
@@ -121,7 +122,7 @@ class CallBuilder:
         if isinstance(taken, Unreadable):
             call_id, detail = taken.call_id, taken.detail
         else:
-            call_id = text_or(taken.snapshot.call.litellm_call_id, "unknown")
+            call_id = text_or(taken.snapshot.call[_CALL_ID], "unknown")
             try:
                 record = record_from_snapshot(taken.snapshot, success=taken.success)
                 call_id = record.call_id

@@ -271,7 +271,7 @@ class OpenMeterLogger(CustomLogger):
     def _take(kwargs: Any, success: bool) -> Taken | Unreadable:
         """The call's snapshot, or why there is none. Never raises."""
         try:
-            return Taken(snapshot(kwargs), success)
+            return tuple.__new__(Taken, (snapshot(kwargs), success))  # Taken() runs Python
         except Exception as exc:
             call_id = _call_id(kwargs)
             return Unreadable(call_id, cannot_build(call_id, exc))

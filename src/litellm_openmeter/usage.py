@@ -113,22 +113,31 @@ class _Identities(NamedTuple):
     user_api_key_org_id: object
 
 
+CALL_FIELDS = _Call._fields
+PAYLOAD_FIELDS = _Payload._fields
+IDENTITY_FIELDS = _Identities._fields
+_EXCEPTION = CALL_FIELDS.index("exception")
+
+
 class CallSnapshot(NamedTuple):
     """What a :class:`UsageRecord` is made of, read from a hook's ``kwargs``.
 
-    Taking it copies a few dozen values with lookups that run in C, and keeps none of
-    LiteLLM's containers but the small usage mapping: a hook takes it and the writer
-    thread turns it into a record later, while LiteLLM's objects for the call are
-    freed with the call (kept until the writer's turn, they would outlive young
-    garbage collections and pile up for a full one).
+    ``call``, ``payload``, ``identities`` and ``params_identities`` are plain tuples of
+    the values named by ``CALL_FIELDS``, ``PAYLOAD_FIELDS`` and ``IDENTITY_FIELDS``:
+    a hook takes the snapshot on the caller's thread (on an async call, its event
+    loop), so it is only lookups that run in C, and :func:`record_from_snapshot` puts
+    the names back later, elsewhere. It keeps none of LiteLLM's containers but the
+    small usage mapping: LiteLLM's objects for the call are freed with the call (kept
+    until the writer's turn, they would outlive young garbage collections and pile up
+    for a full one).
     """
 
-    call: _Call
+    call: tuple[object, ...]
     has_response_cost: bool
-    payload: _Payload
+    payload: tuple[object, ...]
     usage: object
-    identities: _Identities
-    params_identities: _Identities
+    identities: tuple[object, ...]
+    params_identities: tuple[object, ...]
     params_provider: object
     parameters_user: object
 
@@ -136,21 +145,31 @@ class CallSnapshot(NamedTuple):
 def snapshot(kwargs: Mapping[str, object]) -> CallSnapshot:
     """Read the values a record needs from the ``kwargs`` of a LiteLLM logging hook."""
     get = kwargs.get
-    slo = _mapping(get("standard_logging_object"))
-    metadata = _mapping(slo.get("metadata"))
-    params = _mapping(get("litellm_params"))
-    call = _Call._make(map(get, _Call._fields))
-    if call.exception is not None:
-        call = call._replace(exception=type(call.exception).__name__)
-    return CallSnapshot(
-        call,
-        "response_cost" in kwargs,
-        _Payload._make(map(slo.get, _Payload._fields)),
-        metadata.get("usage_object"),
-        _Identities._make(map(metadata.get, _Identities._fields)),
-        _Identities._make(map(_mapping(params.get("metadata")).get, _Identities._fields)),
-        params.get("custom_llm_provider"),
-        _mapping(slo.get("model_parameters")).get("user"),
+    slo = get("standard_logging_object")
+    if type(slo) is not dict:
+        slo = _mapping(slo)
+    metadata = slo.get("metadata")
+    if type(metadata) is not dict:
+        metadata = _mapping(metadata)
+    params = get("litellm_params")
+    if type(params) is not dict:
+        params = _mapping(params)
+    call = tuple(map(get, CALL_FIELDS))
+    if call[_EXCEPTION] is not None:
+        call = (*call[:_EXCEPTION], type(call[_EXCEPTION]).__name__, *call[_EXCEPTION + 1 :])
+    # tuple.__new__ runs in C; CallSnapshot(...) would run a generated Python __new__
+    return tuple.__new__(
+        CallSnapshot,
+        (
+            call,
+            "response_cost" in kwargs,
+            tuple(map(slo.get, PAYLOAD_FIELDS)),
+            metadata.get("usage_object"),
+            tuple(map(metadata.get, IDENTITY_FIELDS)),
+            tuple(map(_mapping(params.get("metadata")).get, IDENTITY_FIELDS)),
+            params.get("custom_llm_provider"),
+            _mapping(slo.get("model_parameters")).get("user"),
+        ),
     )
 
 
@@ -161,7 +180,7 @@ def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) ->
 
 def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageRecord:
     """Build a :class:`UsageRecord` from a :func:`snapshot` of a hook's ``kwargs``."""
-    call, slo = taken.call, taken.payload
+    call, slo = _Call._make(taken.call), _Payload._make(taken.payload)
     call_id = _text(call.litellm_call_id) or _text(slo.litellm_call_id) or _text(slo.id)
     if call_id is None:
         raise UsageError("LiteLLM passed no litellm_call_id for this call")
