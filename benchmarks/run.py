@@ -28,12 +28,14 @@ FULL = {
     # with new processes.
     "compare": ["--calls", "2000", "--rounds", "10"],
     "gc": ["--calls", "3000", "--repeat", "2"],
+    "hook": ["--calls", "1500", "--repeat", "4"],
 }
 QUICK = {
     "server": ["--events", "5000", "--query-events", "20000"],
     "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
     "compare": ["--calls", "200", "--rounds", "1"],
     "gc": ["--calls", "300", "--repeat", "1"],
+    "hook": ["--calls", "200", "--repeat", "1"],
 }
 
 
