@@ -101,17 +101,21 @@ class Writer:
         self.calls_relayed = 0
         """Calls handed to the relay unprepared, for it to build their entries (those
         it gives back are prepared here after all)."""
+        self._last_commit = 0.0
+        self._fresh_thread_state()
+        forksafe.track(self)
+
+    def _fresh_thread_state(self) -> None:
+        """No thread, an empty queue and new locks (at start, and in a forked child)."""
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
         # The hooks take the bare lock (its "with" runs in C; a Condition's in Python).
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
         self._urgent = threading.Event()
-        self._last_commit = 0.0
         self._thread: threading.Thread | None = None
         self._alive = False  # Thread.is_alive() costs a hook three Python calls
         self._start_lock = threading.Lock()
-        forksafe.track(self)
 
     @property
     def pending(self) -> int:
@@ -177,14 +181,7 @@ class Writer:
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's thread and queue: the parent stores its own entries."""
-        self._queue = queue.SimpleQueue()
-        self._pending = 0
-        self._pending_lock = threading.Lock()
-        self._idle = threading.Condition(self._pending_lock)
-        self._urgent = threading.Event()
-        self._thread = None
-        self._alive = False
-        self._start_lock = threading.Lock()
+        self._fresh_thread_state()
 
     def _start(self) -> None:
         with self._start_lock:
