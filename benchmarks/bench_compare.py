@@ -239,6 +239,17 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def pooled(files: list[Path]) -> list[dict[str, Any]]:
+    """The trials of several runs as one run: rounds numbered on across the files, so
+    that a trial is still paired with the no-op trial of its own round."""
+    trials: list[dict[str, Any]] = []
+    for path in files:
+        kept = [json.loads(line) for line in path.read_text().splitlines() if line]
+        offset = 1 + max((trial["round"] for trial in trials), default=-1)
+        trials += [dict(trial, round=trial["round"] + offset) for trial in kept]
+    return trials
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000)
@@ -257,12 +268,14 @@ def main() -> None:
     parser.add_argument(
         "--summarise",
         type=Path,
+        nargs="+",
         metavar="TRIALS_FILE",
-        help="run nothing: print the summary of the trials kept in this file",
+        help="run nothing: print the summary of the trials kept in these files (runs of "
+        "the same code, pooled: each run's rounds stay paired within that run)",
     )
     args = parser.parse_args()
     if args.summarise is not None:
-        kept = [json.loads(line) for line in args.summarise.read_text().splitlines() if line]
+        kept = pooled(args.summarise)
         print(json.dumps({"summary": summarise(kept), "trials": kept}, indent=2))
         return
     configs = [config for config in CONFIGS if config in args.configs.split(",")]

@@ -104,10 +104,11 @@ def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | No
     raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
 
 
-def thread_usage() -> dict[str, tuple[float, int]]:
-    """CPU seconds and context switches so far of every live thread, by thread name
-    (Linux /proc; empty elsewhere). Names are made unique with their native id."""
-    usage: dict[str, tuple[float, int]] = {}
+def thread_usage() -> dict[str, tuple[float, int, int]]:
+    """CPU seconds, context switches and preemptions (involuntary switches: another
+    task took the core) so far of every live thread, by thread name (Linux /proc; empty
+    elsewhere). Names are made unique with their native id."""
+    usage: dict[str, tuple[float, int, int]] = {}
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for thread in threading.enumerate():
         task = Path(f"/proc/self/task/{thread.native_id}")
@@ -118,21 +119,28 @@ def thread_usage() -> dict[str, tuple[float, int]]:
             continue
         cpu = (int(fields[11]) + int(fields[12])) / ticks
         switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+        preempted = sum(
+            int(line.split()[1]) for line in status if line.startswith("nonvoluntary_ctxt")
+        )
         name = thread.name.split("-")[0] if thread.name.startswith("ThreadPool") else thread.name
-        usage[f"{name}#{thread.native_id}"] = (cpu, switches)
+        usage[f"{name}#{thread.native_id}"] = (cpu, switches, preempted)
     return usage
 
 
-def per_thread(before: dict[str, tuple[float, int]], calls: int) -> dict[str, dict[str, float]]:
-    """Per call, for each thread: CPU microseconds and context switches since ``before``."""
+def per_thread(
+    before: dict[str, tuple[float, int, int]], calls: int
+) -> dict[str, dict[str, float]]:
+    """Per call, for each thread: CPU microseconds, context switches and preemptions
+    since ``before``."""
     result = {}
-    for key, (cpu, switches) in thread_usage().items():
-        cpu0, switches0 = before.get(key, (0.0, 0))
+    for key, (cpu, switches, preempted) in thread_usage().items():
+        cpu0, switches0, preempted0 = before.get(key, (0.0, 0, 0))
         if cpu - cpu0 <= 0 and switches - switches0 <= 0:
             continue
         result[key.rsplit("#", 1)[0] + "#" + key.rsplit("#", 1)[1][-4:]] = {
             "cpu_us": round((cpu - cpu0) / calls * 1e6, 1),
             "switches": round((switches - switches0) / calls, 2),
+            "preempted": round((preempted - preempted0) / calls, 3),
         }
     return result
 
@@ -225,7 +233,7 @@ def main() -> None:
     block_p50: list[float] = []
     calling = 0.0  # seconds spent in turns
     first_call_at: list[float] = []
-    threads_before: dict[str, tuple[float, int]] = {}
+    threads_before: dict[str, tuple[float, int, int]] = {}
     threads: dict[str, dict[str, float]] = {}
 
     def turn_starts() -> float:
