@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -87,3 +88,38 @@ def test_demo_rejects_bad_values() -> None:
         [*CLI, "demo", "--shape", "rows"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "invalid choice: 'rows'" in result.stderr
+
+
+def _tgkill() -> Any:
+    """glibc's tgkill (a signal to one thread of another process), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).tgkill
+    except (OSError, AttributeError):
+        return None
+
+
+@pytest.mark.skipif(_tgkill() is None, reason="needs Linux with glibc's tgkill")
+def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it() -> None:
+    """The kernel may hand a process's SIGINT to any of its threads; the demo must stop
+    even when one of LiteLLM's threads, not the main one, receives it."""
+    process = subprocess.Popen(
+        [*CLI, "demo", "--json", "--keep", "--calls", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["verified"]
+        others = sorted(int(tid) for tid in os.listdir(f"/proc/{process.pid}/task"))
+        others.remove(process.pid)
+        assert others, "the demo runs more threads than its main one"
+        assert _tgkill()(process.pid, others[-1], signal.SIGINT) == 0, ctypes.get_errno()
+        _, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, errors

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -263,13 +262,23 @@ def run_demo(
                 "press Ctrl-C to stop."
             )
         if keep:
-            threading.Event().wait()
+            _wait_for_interrupt()
     finally:
         litellm.callbacks = saved_callbacks
         logger.close(timeout=1)
         if not keep:
             server.stop()
     return outcome
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C raises KeyboardInterrupt.
+
+    Wakes every half second: Linux may hand SIGINT to any thread (LiteLLM's pools have
+    dozens), and Python runs its handler only when the main thread runs again, so an
+    untimed wait could sleep through it."""
+    while True:
+        time.sleep(0.5)
 
 
 def _print(out: Console, outcome: Outcome, dead: list[dict[str, Any]]) -> None:
