@@ -101,11 +101,16 @@ def _tgkill() -> Any:
 
 
 @pytest.mark.skipif(_tgkill() is None, reason="needs Linux with glibc's tgkill")
-def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it() -> None:
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str) -> None:
     """The kernel may hand a process's SIGINT to any of its threads; the demo must stop
-    even when one of LiteLLM's threads, not the main one, receives it."""
+    even when one of LiteLLM's threads, not the main one, receives it, and also when it
+    was started with SIGINT ignored (in the background of a shell script)."""
+    command = [*CLI, "demo", "--json", "--keep", "--calls", "8"]
+    if inherited == "ignored":
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     process = subprocess.Popen(
-        [*CLI, "demo", "--json", "--keep", "--calls", "8"],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

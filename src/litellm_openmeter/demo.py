@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -272,11 +274,20 @@ def run_demo(
 
 
 def _wait_for_interrupt() -> None:
-    """Block until Ctrl-C raises KeyboardInterrupt.
+    """Block until Ctrl-C or SIGTERM, raised here as KeyboardInterrupt.
 
-    Wakes every half second: Linux may hand SIGINT to any thread (LiteLLM's pools have
-    dozens), and Python runs its handler only when the main thread runs again, so an
-    untimed wait could sleep through it."""
+    Both are caught explicitly: a process started in the background by a shell script
+    inherits SIGINT ignored, and Python then installs no handler of its own. The wait
+    wakes every half second: Linux may hand the signal to any thread (LiteLLM's pools
+    have dozens), and Python runs its handler only when the main thread runs again, so
+    an untimed wait could sleep through it."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
     while True:
         time.sleep(0.5)
 
