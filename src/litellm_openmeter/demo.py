@@ -227,6 +227,8 @@ def run_demo(
     saved_callbacks = list(litellm.callbacks)
     litellm.callbacks = [logger]
     plan = _workload(calls)
+    if keep:
+        _stop_on_signals()
     try:
         if not as_json:
             out.print(
@@ -273,14 +275,11 @@ def run_demo(
     return outcome
 
 
-def _wait_for_interrupt() -> None:
-    """Block until Ctrl-C or SIGTERM, raised here as KeyboardInterrupt.
-
-    Both are caught explicitly: a process started in the background by a shell script
-    inherits SIGINT ignored, and Python then installs no handler of its own. The wait
-    wakes every half second: Linux may hand the signal to any thread (LiteLLM's pools
-    have dozens), and Python runs its handler only when the main thread runs again, so
-    an untimed wait could sleep through it."""
+def _stop_on_signals() -> None:
+    """Turn Ctrl-C and SIGTERM into KeyboardInterrupt (in the main thread only), set
+    before the report is printed so that a signal sent right after it counts: a process
+    started in the background by a shell script inherits SIGINT ignored, and Python
+    then installs no handler of its own."""
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -288,6 +287,12 @@ def _wait_for_interrupt() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+
+
+def _wait_for_interrupt() -> None:
+    """Block until KeyboardInterrupt. Wakes every half second: Linux may hand a signal
+    to any thread (LiteLLM's pools have dozens), and Python runs its handler only when
+    the main thread runs again, so an untimed wait could sleep through it."""
     while True:
         time.sleep(0.5)
 
