@@ -227,8 +227,7 @@ def run_demo(
     saved_callbacks = list(litellm.callbacks)
     litellm.callbacks = [logger]
     plan = _workload(calls)
-    if keep:
-        _stop_on_signals()
+    handlers = _stop_on_signals() if keep else {}
     try:
         if not as_json:
             out.print(
@@ -268,6 +267,8 @@ def run_demo(
         if keep:
             _wait_for_interrupt()
     finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         litellm.callbacks = saved_callbacks
         logger.close(timeout=1)
         if not keep:
@@ -275,18 +276,18 @@ def run_demo(
     return outcome
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> dict[int, Any]:
     """Turn Ctrl-C and SIGTERM into KeyboardInterrupt (in the main thread only), set
     before the report is printed so that a signal sent right after it counts: a process
     started in the background by a shell script inherits SIGINT ignored, and Python
-    then installs no handler of its own."""
+    then installs no handler of its own. Returns the handlers replaced, to restore."""
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _wait_for_interrupt() -> None:
