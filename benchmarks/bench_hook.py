@@ -24,73 +24,63 @@ import sys
 import tempfile
 from typing import Any
 
-WORKER = """
-import asyncio, json, os, statistics, sys, time
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-import litellm
-from litellm.integrations.custom_logger import CustomLogger
+CLOSED_PORT = "http://127.0.0.1:9"
+WARMUP = 100
 
-class NoOp(CustomLogger):
-    def log_success_event(self, kwargs, response_obj, start_time, end_time):
-        return None
 
-    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        return None
+def worker(config: str, mode: str, calls: int, folder: str) -> None:
+    """One process's measurement (``--worker``): prints its hook CPU p50 and p90."""
+    import asyncio
+    import time
+    from pathlib import Path
 
-config, mode, calls, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-if config == "ours":
-    from litellm_openmeter import OpenMeterLogger
-    callback = OpenMeterLogger(api_key="bench", endpoint="http://127.0.0.1:9",
-                               outbox_path=os.path.join(folder, "outbox.sqlite3"))
-else:
-    callback = NoOp()
-cpu = []
-measuring = [False]
-if mode == "async":
-    hook = callback.async_log_success_event
-    async def timed(kwargs, response_obj, start_time, end_time):
-        started = time.thread_time_ns()
-        await hook(kwargs, response_obj, start_time, end_time)
-        if measuring[0]:
-            cpu.append((time.thread_time_ns() - started) / 1000)
-    callback.async_log_success_event = timed
-else:
-    hook = callback.log_success_event
-    def timed(kwargs, response_obj, start_time, end_time):
-        started = time.thread_time_ns()
-        hook(kwargs, response_obj, start_time, end_time)
-        if measuring[0]:
-            cpu.append((time.thread_time_ns() - started) / 1000)
-    callback.log_success_event = timed
-litellm.callbacks = [callback]
-messages = [{"role": "user", "content": "hello"}]
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    import litellm
+    from compare_worker import make_callback, timed
 
-async def run_async(first, count):
-    for index in range(first, first + count):
-        await litellm.acompletion(model="gpt-4o", messages=messages,
-                                  mock_response="hi there", user=f"customer-{index % 50}")
-    await asyncio.sleep(0.2)  # the last hooks run as tasks after their calls
+    callback = make_callback(config, CLOSED_PORT, Path(folder))
+    name = "async_log_success_event" if mode == "async" else "log_success_event"
+    hook_times: list[float] = []
+    cpu: list[float] = []
+    setattr(callback, name, timed(hook_times, cpu, getattr(callback, name)))
+    litellm.callbacks = [callback]
+    messages = [{"role": "user", "content": "hello"}]
 
-def run(first, count):
-    if mode == "async":
-        asyncio.run(run_async(first, count))
-    else:
+    async def run_async(first: int, count: int) -> None:
         for index in range(first, first + count):
-            litellm.completion(model="gpt-4o", messages=messages, mock_response="hi there",
-                               user=f"customer-{index % 50}")
+            await litellm.acompletion(
+                model="gpt-4o",
+                messages=messages,
+                mock_response="hi there",
+                user=f"customer-{index % 50}",
+            )
+        deadline = time.monotonic() + 10  # the last hooks run as tasks after their calls
+        while len(cpu) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
-run(0, 100)
-measuring[0] = True
-run(100, calls)
-deadline = time.monotonic() + 10
-while len(cpu) < calls and time.monotonic() < deadline:
-    time.sleep(0.01)  # sync hooks run in LiteLLM's pool after their calls return
-measuring[0] = False
-deciles = statistics.quantiles(cpu, n=10)
-print(json.dumps({"hooks": len(cpu), "p50": statistics.median(cpu), "p90": deciles[-1]}))
-sys.stdout.flush()
-os._exit(0)
-"""
+    def run(first: int, count: int) -> None:
+        if mode == "async":
+            asyncio.run(run_async(first, count))
+            return
+        for index in range(first, first + count):
+            litellm.completion(
+                model="gpt-4o",
+                messages=messages,
+                mock_response="hi there",
+                user=f"customer-{index % 50}",
+            )
+        deadline = time.monotonic() + 10  # sync hooks run in LiteLLM's pool afterwards
+        while len(cpu) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    run(0, WARMUP)
+    cpu.clear()
+    run(WARMUP, calls)
+    deciles = statistics.quantiles(cpu, n=10)
+    print(json.dumps({"hooks": len(cpu), "p50": statistics.median(cpu), "p90": deciles[-1]}))
+    sys.stdout.flush()
+    os._exit(0)  # LiteLLM's exit handlers are not measured
+
 
 CONFIGS = ("noop", "ours")
 MODES = ("sync", "async")
@@ -99,7 +89,7 @@ MODES = ("sync", "async")
 def one(config: str, mode: str, calls: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run(
-            [sys.executable, "-c", WORKER, config, mode, str(calls), folder],
+            [sys.executable, __file__, "--worker", config, mode, str(calls), folder],
             capture_output=True,
             text=True,
             check=True,
@@ -115,7 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1500)
     parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        config, mode, calls, folder = args.worker
+        worker(config, mode, int(calls), folder)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         mode: {config: [] for config in CONFIGS} for mode in MODES
     }
