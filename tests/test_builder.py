@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from litellm_openmeter.building import Taken, call_from_json, call_json
+from litellm_openmeter.building import call_json
 from litellm_openmeter.events import (
     MissingSubjectError,
     build_events,
@@ -33,7 +33,7 @@ from litellm_openmeter.events import (
     token_counts,
 )
 from litellm_openmeter.settings import Settings
-from litellm_openmeter.usage import UsageRecord, record_from_kwargs, record_from_snapshot, snapshot
+from litellm_openmeter.usage import UsageRecord, call_form, record_from_form, record_from_kwargs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -330,12 +330,10 @@ def test_resolve_subject_skips_blank() -> None:
 def _through_the_pipe(kwargs: dict[str, Any], success: bool = True) -> UsageRecord | None:
     """The record the delivery process builds from a hook's call, or None when the
     call stays to be built where it was taken."""
-    taken = Taken(snapshot(kwargs), success)
-    form = call_json(taken)
+    form = call_json(call_form(kwargs, success))
     if form is None:
         return None
-    back = call_from_json(orjson.loads(form))
-    return record_from_snapshot(back.snapshot, success=back.success)
+    return record_from_form(orjson.loads(form))
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)

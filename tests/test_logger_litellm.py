@@ -267,6 +267,8 @@ def test_failures_are_not_metered_by_default(
     delivered(ingest, 1)
     assert logger.flush(5)
     assert [e["type"] for e in ingest.accepted_events()] == ["litellm_tokens"]
+    wait_for(lambda: logger.stats()["calls_seen"] >= 2, what="both hooks counted")
+    assert logger.stats()["calls_seen"] == 2  # the failure too, though not metered
 
 
 def test_failures_metered_when_asked(
@@ -293,6 +295,7 @@ def test_failures_metered_when_asked(
     assert event["data"]["error_class"] == "RateLimitError"
     assert event["data"]["error_code"] == "429"
     assert event["data"]["model"] == "gpt-4o"
+    assert logger.stats()["calls_seen"] == 1
 
 
 def test_tokens_shape_one_event_per_kind(

@@ -1,11 +1,12 @@
-"""From a hook's snapshot of a call to the events to store, wherever that runs.
+"""From what a hook read of a call (its ``usage.call_form``) to the events to store,
+wherever that runs.
 
 The logger's writer thread builds them, or, by default, the delivery process does (so
 that LiteLLM's process spends no time on it): the call then goes there as JSON
 (:func:`call_json`, about 2 us against 11 us for the record and its events), made by
-a sync hook or by the writer. A snapshot holding anything but plain JSON values, a
-custom subject resolver, or a call with held proxy events keeps the building in
-LiteLLM's process.
+a sync hook or by the writer. A form holding anything but plain JSON values, a custom
+subject resolver, or a call with held proxy events keeps the building in LiteLLM's
+process.
 """
 
 from __future__ import annotations
@@ -13,42 +14,27 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from .outbox import Outbox
 from .settings import Settings
-from .usage import (
-    CALL_FIELDS,
-    PAYLOAD_FIELDS,
-    CallSnapshot,
-    UsageRecord,
-    _number,
-    record_from_snapshot,
-)
+from .usage import CALL_FIELDS, UsageRecord, record_from_form
 
 log = logging.getLogger("litellm_openmeter")
 
 # A value orjson would change on the way (a subclass, a datetime, a dataclass) makes it
-# refuse the snapshot instead: such a call is built where it was taken.
+# refuse the form instead: such a call is built where it was taken.
 _STRICT = (
     orjson.OPT_PASSTHROUGH_SUBCLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _CALL_ID = CALL_FIELDS.index("litellm_call_id")
-_END_TIME = CALL_FIELDS.index("end_time")
-_PAYLOAD_END_TIME = PAYLOAD_FIELDS.index("endTime")
-
-
-class Taken(NamedTuple):
-    """What a hook hands the writer: the call's snapshot and whether it succeeded."""
-
-    snapshot: CallSnapshot
-    success: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,50 +45,13 @@ class Unreadable:
     detail: str
 
 
-def call_json(taken: Taken) -> bytes | None:
-    """The call as JSON for :func:`call_from_json` in another process, or None when a
-    value would not come back the same (not plain JSON)."""
-    snap = taken.snapshot
-    call = snap.call
-    epoch = _number(snap.payload[_PAYLOAD_END_TIME])
-    if epoch is not None and epoch > 0:
-        # the call's end_time (a datetime) is only the fallback for a missing endTime
-        call = (*call[:_END_TIME], None, *call[_END_TIME + 1 :])
+def call_json(form: Sequence[Any]) -> bytes | None:
+    """A :func:`usage.call_form` as JSON, for another process to build its events from
+    the parsed list; None when a value would not come back the same (not plain JSON)."""
     try:
-        return orjson.dumps(
-            [
-                taken.success,
-                call,
-                snap.has_response_cost,
-                snap.payload,
-                snap.usage,
-                snap.identities,
-                snap.params_identities,
-                snap.params_provider,
-                snap.parameters_user,
-            ],
-            option=_STRICT,
-        )
+        return orjson.dumps(form, option=_STRICT)
     except TypeError:  # orjson.JSONEncodeError too
         return None
-
-
-def call_from_json(value: list[Any]) -> Taken:
-    """The inverse of :func:`call_json`, from its parsed JSON."""
-    success, call, has_cost, payload, usage, identities, params, provider, user = value
-    return Taken(
-        CallSnapshot(
-            tuple(call),
-            has_cost,
-            tuple(payload),
-            usage,
-            tuple(identities),
-            tuple(params),
-            provider,
-            user,
-        ),
-        success,
-    )
 
 
 class CallBuilder:
@@ -115,16 +64,18 @@ class CallBuilder:
         self._unpriced_models: set[str] = set()
 
     def build(
-        self, taken: Taken | Unreadable, resolver: SubjectResolver | None = None
+        self, form: Sequence[Any] | Unreadable, resolver: SubjectResolver | None = None
     ) -> tuple[str, list[CloudEvent]] | None:
-        """The call's id and events; None when there are none, or when they cannot be
-        built (then they are kept as a dead letter). Never raises."""
-        if isinstance(taken, Unreadable):
-            call_id, detail = taken.call_id, taken.detail
+        """The call's id and events from its :func:`usage.call_form` (or its parsed
+        JSON); None when there are none, or when they cannot be built (then they are
+        kept as a dead letter). Never raises."""
+        if isinstance(form, Unreadable):
+            call_id, detail = form.call_id, form.detail
         else:
-            call_id = text_or(taken.snapshot.call[_CALL_ID], "unknown")
+            call_id = "unknown"
             try:
-                record = record_from_snapshot(taken.snapshot, success=taken.success)
+                call_id = text_or(form[1][_CALL_ID], call_id)
+                record = record_from_form(form)
                 call_id = record.call_id
                 self._warn_if_unpriced(record)
                 events = build_events(record, self.settings, resolver)

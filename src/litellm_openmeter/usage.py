@@ -18,11 +18,11 @@ Token convention (the rule every event follows):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 IDENTITY_NAMES = ("user", "key_user_id", "end_user", "team_id", "key_alias", "org_id")
 
@@ -77,11 +77,13 @@ class _Call(NamedTuple):
 
     litellm_call_id: object
     response_cost: object
-    end_time: object
     user: object
     model: object
     call_type: object
+    end_time: object
+    """Only when the payload's ``endTime`` is missing or not a time."""
     exception: object
+    """The exception's class name."""
 
 
 class _Payload(NamedTuple):
@@ -116,33 +118,37 @@ class _Identities(NamedTuple):
 CALL_FIELDS = _Call._fields
 PAYLOAD_FIELDS = _Payload._fields
 IDENTITY_FIELDS = _Identities._fields
-_EXCEPTION = CALL_FIELDS.index("exception")
+_LOOKED_UP = CALL_FIELDS[: CALL_FIELDS.index("end_time")]
+
+CallForm = tuple[
+    bool,
+    tuple[object, ...],
+    bool,
+    tuple[object, ...],
+    object,
+    tuple[object, ...],
+    tuple[object, ...],
+    object,
+    object,
+]
+"""What a :class:`UsageRecord` is made of, read from a hook's ``kwargs`` by
+:func:`call_form`: whether the call succeeded, the values named by ``CALL_FIELDS``,
+whether ``kwargs`` has a ``response_cost``, the values named by ``PAYLOAD_FIELDS``,
+the usage mapping, the values named by ``IDENTITY_FIELDS`` in the payload's metadata
+and in ``litellm_params["metadata"]``, ``litellm_params["custom_llm_provider"]`` and
+the payload's ``model_parameters["user"]``.
+
+Plain tuples, in that order, because a hook builds it on the caller's thread (on an
+async call, its event loop), where only lookups that run in C are cheap;
+:func:`record_from_form` puts the names back later, elsewhere. It keeps none of
+LiteLLM's containers but the small usage mapping: LiteLLM's objects for the call are
+freed with the call (kept until the writer's turn, they would outlive young garbage
+collections and pile up for a full one). When LiteLLM's values are plain JSON, so is
+the form, and its JSON (lists for tuples) builds the same record in another process.
+"""
 
 
-class CallSnapshot(NamedTuple):
-    """What a :class:`UsageRecord` is made of, read from a hook's ``kwargs``.
-
-    ``call``, ``payload``, ``identities`` and ``params_identities`` are plain tuples of
-    the values named by ``CALL_FIELDS``, ``PAYLOAD_FIELDS`` and ``IDENTITY_FIELDS``:
-    a hook takes the snapshot on the caller's thread (on an async call, its event
-    loop), so it is only lookups that run in C, and :func:`record_from_snapshot` puts
-    the names back later, elsewhere. It keeps none of LiteLLM's containers but the
-    small usage mapping: LiteLLM's objects for the call are freed with the call (kept
-    until the writer's turn, they would outlive young garbage collections and pile up
-    for a full one).
-    """
-
-    call: tuple[object, ...]
-    has_response_cost: bool
-    payload: tuple[object, ...]
-    usage: object
-    identities: tuple[object, ...]
-    params_identities: tuple[object, ...]
-    params_provider: object
-    parameters_user: object
-
-
-def snapshot(kwargs: Mapping[str, object]) -> CallSnapshot:
+def call_form(kwargs: Mapping[str, object], success: bool = True) -> CallForm:
     """Read the values a record needs from the ``kwargs`` of a LiteLLM logging hook."""
     get = kwargs.get
     slo = get("standard_logging_object")
@@ -154,43 +160,62 @@ def snapshot(kwargs: Mapping[str, object]) -> CallSnapshot:
     params = get("litellm_params")
     if type(params) is not dict:
         params = _mapping(params)
-    call = tuple(map(get, CALL_FIELDS))
-    if call[_EXCEPTION] is not None:
-        call = (*call[:_EXCEPTION], type(call[_EXCEPTION]).__name__, *call[_EXCEPTION + 1 :])
-    # tuple.__new__ runs in C; CallSnapshot(...) would run a generated Python __new__
-    return tuple.__new__(
-        CallSnapshot,
-        (
-            call,
-            "response_cost" in kwargs,
-            tuple(map(slo.get, PAYLOAD_FIELDS)),
-            metadata.get("usage_object"),
-            tuple(map(metadata.get, IDENTITY_FIELDS)),
-            tuple(map(_mapping(params.get("metadata")).get, IDENTITY_FIELDS)),
-            params.get("custom_llm_provider"),
-            _mapping(slo.get("model_parameters")).get("user"),
-        ),
+    params_metadata = params.get("metadata")
+    if type(params_metadata) is not dict:
+        params_metadata = _mapping(params_metadata)
+    model_parameters = slo.get("model_parameters")
+    if type(model_parameters) is not dict:
+        model_parameters = _mapping(model_parameters)
+    end_time = get("end_time")
+    if end_time is not None:
+        epoch = slo.get("endTime")
+        if (type(epoch) is float and 0 < epoch < math.inf) or _epoch(epoch) is not None:
+            end_time = None  # only the fallback; a datetime is not plain JSON
+    exception = get("exception")
+    if exception is not None:
+        exception = type(exception).__name__
+    return (
+        success,
+        (*map(get, _LOOKED_UP), end_time, exception),
+        "response_cost" in kwargs,
+        tuple(map(slo.get, PAYLOAD_FIELDS)),
+        metadata.get("usage_object"),
+        tuple(map(metadata.get, IDENTITY_FIELDS)),
+        tuple(map(params_metadata.get, IDENTITY_FIELDS)),
+        params.get("custom_llm_provider"),
+        model_parameters.get("user"),
     )
 
 
 def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
     """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
-    return record_from_snapshot(snapshot(kwargs), success=success)
+    return record_from_form(call_form(kwargs, success))
 
 
-def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageRecord:
-    """Build a :class:`UsageRecord` from a :func:`snapshot` of a hook's ``kwargs``."""
-    call, slo = _Call._make(taken.call), _Payload._make(taken.payload)
+def record_from_form(form: Sequence[Any]) -> UsageRecord:
+    """Build a :class:`UsageRecord` from a :func:`call_form` (or its parsed JSON)."""
+    (
+        success,
+        call_values,
+        has_response_cost,
+        payload,
+        usage,
+        found,
+        fallback,
+        params_provider,
+        parameters_user,
+    ) = form
+    call, slo = _Call._make(call_values), _Payload._make(payload)
     call_id = _text(call.litellm_call_id) or _text(slo.litellm_call_id) or _text(slo.id)
     if call_id is None:
         raise UsageError("LiteLLM passed no litellm_call_id for this call")
 
-    tokens = _tokens(_mapping(taken.usage), slo)
+    tokens = _tokens(_mapping(usage), slo)
     end_time = _time(slo.endTime, call.end_time)
 
     # kwargs["response_cost"] is None when LiteLLM could not price the call; the
     # standard logging object then says 0.0, so it is only the fallback.
-    if taken.has_response_cost:
+    if has_response_cost:
         cost = _number(call.response_cost)
         priced = cost is not None
     else:
@@ -200,8 +225,6 @@ def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageR
     priced = priced or not success
     if cost is None:
         cost = 0.0
-
-    found, fallback = taken.identities, taken.params_identities
 
     def meta(position: int) -> str | None:
         value = found[position]
@@ -215,7 +238,7 @@ def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageR
     team_id = meta(2)
     key_alias = meta(3)
     identities = {
-        "user": _text(call.user) or _text(taken.parameters_user),
+        "user": _text(call.user) or _text(parameters_user),
         "key_user_id": meta(0),
         "end_user": end_user,
         "team_id": team_id,
@@ -237,7 +260,7 @@ def record_from_snapshot(taken: CallSnapshot, *, success: bool = True) -> UsageR
         cost=cost,
         priced=priced,
         model_group=_text(slo.model_group),
-        provider=_text(slo.custom_llm_provider) or _text(taken.params_provider),
+        provider=_text(slo.custom_llm_provider) or _text(params_provider),
         call_type=_text(slo.call_type) or _text(call.call_type),
         team_id=team_id,
         key_alias=key_alias,
@@ -349,9 +372,15 @@ def _count(value: object) -> int:
     return int(number) if number is not None else 0
 
 
+def _epoch(value: object) -> float | None:
+    """A time in seconds since 1970, or None."""
+    number = _number(value)
+    return number if number is not None and number > 0 else None
+
+
 def _time(epoch: object, fallback: object) -> datetime:
-    number = _number(epoch)
-    if number is not None and number > 0:
+    number = _epoch(epoch)
+    if number is not None:
         return datetime.fromtimestamp(number, tz=timezone.utc)
     if isinstance(fallback, datetime):
         # LiteLLM's start/end times are naive local times; astimezone reads them so.

@@ -101,6 +101,8 @@ class Writer:
         self.calls_relayed = 0
         """Calls handed to the relay unprepared, for it to build their entries (those
         it gives back are prepared here after all)."""
+        self.submitted_later = 0
+        """Items given to :meth:`submit_later` so far (a LiteLLM hook gives one each)."""
         self._last_commit = 0.0
         self._fresh_thread_state()
         forksafe.track(self)
@@ -126,7 +128,7 @@ class Writer:
         """Queue ``entry`` for the next transaction; with ``wait``, a future that is
         done when it is stored (for callers that must not go on before that)."""
         future: Future[Entry] | None = Future() if wait else None
-        self._put(entry, future)
+        self._put(entry, future, False)
         if wait:
             self._urgent.set()  # a caller that waits gets its commit without the pause
         return future
@@ -134,13 +136,15 @@ class Writer:
     def submit_later(self, work: object) -> None:
         """Queue ``work`` that ``prepare`` turns into an entry in the writer thread (or
         ``relay_form`` into JSON for the relay): the cheapest hand-over, for the hooks."""
-        self._put(work, None)
+        self._put(work, None, True)
 
-    def _put(self, item: object, future: Future[Entry] | None) -> None:
+    def _put(self, item: object, future: Future[Entry] | None, later: bool) -> None:
         with self._pending_lock:
             while self._pending >= MAX_PENDING and self._alive:
                 self._idle.wait(1.0)
             self._pending += 1
+            if later:  # counted here, under the lock the hand-over takes anyway
+                self.submitted_later += 1
             full = self._pending == MAX_ENTRIES_PER_COMMIT
         # Bare unless waited for: every object queued here is alive until the writer's
         # turn, long enough to be promoted by the garbage collector.
