@@ -113,6 +113,7 @@ def run_round(
     block: int,
     folder: Path,
     shuffle: Any,
+    sink_idle: bool = False,
 ) -> list[dict[str, Any]]:
     """Every configuration in a fresh process, all at once, calling in turns of
     ``block`` calls (a shuffled order each cycle) until each made ``calls``."""
@@ -122,7 +123,7 @@ def run_round(
     with ExitStack() as sinks:
         urls = {}
         if delay is not None:
-            urls = {c: sinks.enter_context(sink(delay, ports[c])) for c in senders}
+            urls = {c: sinks.enter_context(sink(delay, ports[c], sink_idle)) for c in senders}
         workers = {c: Worker(c, mode, ports[c], block, folder) for c in configs}
         for worker in workers.values():
             if worker.hear() != "READY":
@@ -138,7 +139,7 @@ def run_round(
             worker.say("end")
             results[config] = json.loads(worker.hear())
         if delay is None:  # down during the calls, back now
-            urls = {c: sinks.enter_context(sink(0.0, ports[c])) for c in senders}
+            urls = {c: sinks.enter_context(sink(0.0, ports[c], sink_idle)) for c in senders}
         else:
             for config in senders:
                 settle(urls[config], results[config]["calls"], time.monotonic() + 120)
@@ -260,6 +261,12 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     parser.add_argument("--states", default=",".join(STATES), help="comma-separated subset")
     parser.add_argument(
+        "--sink-idle",
+        action="store_true",
+        help="run the endpoint under SCHED_IDLE (Linux): it takes only CPU time nothing "
+        "else wants, as if it ran on another machine",
+    )
+    parser.add_argument(
         "--trials-file",
         type=Path,
         default=HERE / "results" / "compare-trials.jsonl",
@@ -296,10 +303,11 @@ def main() -> None:
                     # Throughput: one turn of all the calls each, 50 in flight.
                     block = args.calls if mode == "burst" else args.block
                     results = run_round(
-                        configs, mode, state, args.calls, block, Path(name), shuffle
+                        configs, mode, state, args.calls, block, Path(name), shuffle, args.sink_idle
                     )
                     for result in results:
                         result["round"] = round_number
+                        result["sink_idle"] = args.sink_idle
                         trials.append(result)
                         with args.trials_file.open("a") as kept:
                             kept.write(json.dumps(result) + "\n")

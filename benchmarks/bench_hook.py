@@ -39,6 +39,7 @@ def worker(config: str, mode: str, calls: int, folder: str) -> None:
     from compare_worker import make_callback, timed
 
     callback = make_callback(config, CLOSED_PORT, Path(folder))
+    assert callback is not None, "a configuration with a callback"
     name = "async_log_success_event" if mode == "async" else "log_success_event"
     hook_times: list[float] = []
     cpu: list[float] = []

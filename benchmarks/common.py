@@ -20,11 +20,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def sink(delay: float = 0.0, port: int | None = None) -> Iterator[str]:
-    """``sink.py`` (a 204 endpoint) in its own process; yields its base URL."""
+def sink(delay: float = 0.0, port: int | None = None, idle: bool = False) -> Iterator[str]:
+    """``sink.py`` (a 204 endpoint) in its own process; yields its base URL. ``idle``:
+    under ``SCHED_IDLE``, taking only CPU time nothing else wants."""
     port = free_port() if port is None else port
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
+        [sys.executable, str(HERE / "sink.py"), str(port), str(delay), *(["idle"] if idle else [])],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,8 +1,10 @@
 """A minimal ingest endpoint for benchmarks: answers every POST with 204, after an
 optional delay. Run as its own process so it does not share the measured process's GIL.
 
-usage: python benchmarks/sink.py PORT [DELAY_SECONDS]
-Prints READY when listening. ``GET /count`` answers ``{"events": distinct (source, id)
+usage: python benchmarks/sink.py PORT [DELAY_SECONDS] [idle]
+With ``idle`` the process runs under Linux's ``SCHED_IDLE`` policy: it gets only CPU
+time nothing else wants, as if it ran on another machine (OpenMeter does). Prints
+READY when listening. ``GET /count`` answers ``{"events": distinct (source, id)
 received, except subject "warmup"; "received": all events; "last_at": epoch seconds of
 the newest}``. Prints the total on exit.
 """
@@ -10,6 +12,7 @@ the newest}``. Prints the total on exit.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -25,6 +28,8 @@ lock = threading.Lock()
 def main() -> None:
     port = int(sys.argv[1])
     delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    if sys.argv[3:] == ["idle"]:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
