@@ -10,6 +10,7 @@ the same moments. Rounds repeat that with new processes.
 
 Run: python benchmarks/bench_compare.py [--calls 1000] [--block 100] [--rounds 6]
      [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
+     [--sink-idle]   (the endpoint under SCHED_IDLE, as if on another machine)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
 rounds with the ratio of median latency to the no-op floor (paired by round, with a
 bootstrap 90 % interval of that median).
