@@ -4,9 +4,9 @@ wherever that runs.
 The logger's writer thread builds them, or, by default, the delivery process does (so
 that LiteLLM's process spends no time on it): the call then goes there as JSON
 (:func:`call_json`, about 2 us against 11 us for the record and its events), made by
-a sync hook or by the writer. A form holding anything but plain JSON values, a custom
-subject resolver, or a call with held proxy events keeps the building in LiteLLM's
-process.
+the writer for a whole turn at once. A form holding anything but plain JSON values, a
+custom subject resolver, or a call with held proxy events keeps the building in
+LiteLLM's process.
 """
 
 from __future__ import annotations

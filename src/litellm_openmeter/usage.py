@@ -150,6 +150,9 @@ the form, and its JSON (lists for tuples) builds the same record in another proc
 
 def call_form(kwargs: Mapping[str, object], success: bool = True) -> CallForm:
     """Read the values a record needs from the ``kwargs`` of a LiteLLM logging hook."""
+    # Each "type(...) is not dict" below spares the common case a Python call to
+    # _mapping: a hook runs between LiteLLM's own work, on cold caches, where its cost
+    # follows the Python calls it makes (see BENCHMARKS.md, "A hook's cost").
     get = kwargs.get
     slo = get("standard_logging_object")
     if type(slo) is not dict:
