@@ -32,6 +32,7 @@ def test_no_arguments_reads_the_environment(
             == tmp_path / "cache" / "litellm-openmeter" / "outbox.sqlite3"
         )
         assert "env-key" not in repr(logger) and "env-key" not in repr(logger.settings)
+        assert repr(logger).startswith(f"OpenMeterLogger(endpoint={logger.settings.endpoint!r}")
         logger.record_call(hook_kwargs("env-call"), success=True)
         assert logger.flush(10)
         [event] = ingest.accepted_events()

@@ -88,6 +88,11 @@ class OpenMeterLogger(CustomLogger):
         self._unmetered_failures = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._repr = (
+            f"OpenMeterLogger(endpoint={self.settings.endpoint!r}, "
+            f"event_type={self.settings.event_type!r}, shape={self.settings.event_shape!r}, "
+            f"outbox={str(self.settings.outbox_path)!r})"
+        )
         _live_loggers.add(self)
         forksafe.track(self)
         metrics.register(lambda: list(_live_loggers))
@@ -95,11 +100,9 @@ class OpenMeterLogger(CustomLogger):
             self.sender.ensure_started()
 
     def __repr__(self) -> str:
-        return (
-            f"OpenMeterLogger(endpoint={self.settings.endpoint!r}, "
-            f"event_type={self.settings.event_type!r}, shape={self.settings.event_shape!r}, "
-            f"outbox={str(self.settings.outbox_path)!r})"
-        )
+        # Made once: LiteLLM formats its list of callbacks into a debug message on
+        # every call, whatever the log level, so this runs on the request path.
+        return self._repr
 
     # -- LiteLLM hooks: hand the call to the writer, nothing else --------------------
 
