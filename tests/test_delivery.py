@@ -10,15 +10,18 @@ import os
 import stat
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import litellm
 import pytest
 
-from litellm_openmeter.sender import backoff_delay
-from litellm_openmeter.transport import parse_retry_after
+from litellm_openmeter.outbox import Outbox
+from litellm_openmeter.sender import Sender, backoff_delay
+from litellm_openmeter.settings import Settings
+from litellm_openmeter.transport import HttpTransport, parse_retry_after
 
-from conftest import free_port, hook_kwargs, stored, wait_for
+from conftest import cloud_event, free_port, hook_kwargs, stored, wait_for
 from ingest_server import Answer, Recorded, RecordingServer, problem
 
 
@@ -320,3 +323,33 @@ def test_backoff_is_not_cut_short_by_new_events(make_logger: Any, ingest: Record
     # ...but during a backoff only flush() may end the wait: a burst of new events must
     # not turn an outage into a stream of retries.
     assert len(ingest.requests) <= started + 2
+
+
+def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
+    tmp_path: Path, ingest: RecordingServer
+) -> None:
+    """The delivery process makes its HTTP client before it takes any work, not at its
+    first send; that client is the one every batch goes through."""
+    settings = Settings.from_env(
+        {}, api_key="k", endpoint=ingest.url, outbox_path=tmp_path / "o.sqlite3"
+    )
+    made: list[HttpTransport] = []
+
+    def transport() -> HttpTransport:
+        made.append(HttpTransport(settings))
+        return made[-1]
+
+    outbox = Outbox(settings.outbox_path)
+    sender = Sender(settings, outbox, transport_factory=transport)
+    sender.prepare()
+    sender.prepare()
+    assert len(made) == 1
+    outbox.enqueue([cloud_event(f"prepared-{n}", "cust", {"total_tokens": 1}) for n in range(3)])
+    try:
+        assert sender.flush(10)
+        outbox.enqueue([cloud_event("prepared-late", "cust", {"total_tokens": 1})])
+        assert sender.flush(10)
+    finally:
+        sender.stop(5)
+    assert ingest.accepted_ids() == {"prepared-0", "prepared-1", "prepared-2", "prepared-late"}
+    assert len(made) == 1

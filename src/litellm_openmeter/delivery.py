@@ -540,6 +540,7 @@ def main() -> None:
     outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes)
     builder = CallBuilder(settings, outbox)
     sender = Sender(settings, outbox, on_pause=lambda reason: parent.tell({"paused": reason}))
+    sender.prepare()
     sender.ensure_started()
     parent.tell({"ready": True})
     stopping = False
