@@ -226,6 +226,7 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "cpu_ratio_to_noop": round(cpu / cpu_floor, 3)
                         if cpu and cpu_floor
                         else None,
+                        "delivery_cpu_per_call_us": median("delivery_cpu_per_call_us"),
                         "hook_p50_us": median("hook_us", "p50"),
                         "hook_p99_us": median("hook_us", "p99"),
                         "hook_cpu_p50_us": median("hook_cpu_us", "p50"),

@@ -127,6 +127,17 @@ def thread_usage() -> dict[str, tuple[float, int, int]]:
     return usage
 
 
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds so far of another process (ours' delivery process), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_thread(
     before: dict[str, tuple[float, int, int]], calls: int
 ) -> dict[str, dict[str, float]]:
@@ -238,6 +249,19 @@ def main() -> None:
     first_call_at: list[float] = []
     threads_before: dict[str, tuple[float, int, int]] = {}
     threads: dict[str, dict[str, float]] = {}
+    child_cpu: list[float | None] = []
+
+    def started_up() -> None:
+        """After the warm-up: wait until ours' delivery process has started and stored
+        the warm-up's calls, so that its start (a new Python importing its modules, a
+        few hundred milliseconds of CPU) is not in the measured calls of any worker."""
+        writer = getattr(callback, "writer", None)
+        if writer is not None:
+            writer.drain(60)
+
+    def delivery_cpu() -> float | None:
+        """CPU seconds so far of ours' delivery process (started by the warm-up)."""
+        return process_cpu(getattr(getattr(callback, "sender", None), "pid", None))
 
     def turn_starts() -> float:
         if not first_call_at:
@@ -263,9 +287,11 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while not hooks_done(WARMUP) and time.monotonic() < deadline:
             time.sleep(0.01)
+        started_up()
         hook_times.clear()
         hook_cpu.clear()
         cpu_started = time.process_time()
+        child_cpu.append(delivery_cpu())
         threads_before.update(thread_usage())
         for size in commands(block):
             started = turn_starts()
@@ -275,6 +301,7 @@ def main() -> None:
         while not hooks_done(made) and time.monotonic() < deadline:
             time.sleep(0.01)
         cpu_used = time.process_time() - cpu_started
+        child_cpu.append(delivery_cpu())
         threads.update(per_thread(threads_before, made))
     else:
 
@@ -283,9 +310,11 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while not hooks_done(WARMUP) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            started_up()
             hook_times.clear()
             hook_cpu.clear()
             cpu = time.process_time()
+            child_cpu.append(delivery_cpu())
             threads_before.update(thread_usage())
             # Waiting for the parent blocks the loop: hooks still pending then run in
             # this process's next turn, not in another configuration's.
@@ -302,11 +331,13 @@ def main() -> None:
             deadline = time.monotonic() + 300
             while not hooks_done(made) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            child_cpu.append(delivery_cpu())
             threads.update(per_thread(threads_before, made))
             return time.process_time() - cpu
 
         cpu_used = asyncio.run(measured())
     made = max(1, len(latencies))
+    child_before, child_after = child_cpu if len(child_cpu) == 2 else (None, None)
     print(
         json.dumps(
             {
@@ -328,6 +359,13 @@ def main() -> None:
                 "loop_lag_us": percentiles(lags) if mode == "async" else None,
                 # per thread, per call: where the CPU went and how often threads switched
                 "threads": threads,
+                # ours' delivery process over the same calls (another process: not in
+                # cpu_per_call_us), per call
+                "delivery_cpu_per_call_us": (
+                    round((child_after - child_before) / made * 1e6, 1)
+                    if child_before is not None and child_after is not None
+                    else None
+                ),
             }
         ),
         flush=True,

@@ -25,15 +25,16 @@ FULL = {
     "server": ["--events", "200000", "--query-events", "1000000"],
     "delivery": ["--hooks", "20000", "--drain", "200000", "--backlog", "1000000"],
     # Turns of 100 calls within a round cancel the machine's drift; rounds repeat it
-    # with new processes.
-    "compare": ["--calls", "2000", "--rounds", "10"],
+    # with new processes. The endpoint stands in for OpenMeter, which runs on another
+    # machine: under SCHED_IDLE it takes none of the CPU time LiteLLM's threads want.
+    "compare": ["--calls", "2000", "--rounds", "10", "--sink-idle"],
     "gc": ["--calls", "3000", "--repeat", "2"],
     "hook": ["--calls", "1500", "--repeat", "4"],
 }
 QUICK = {
     "server": ["--events", "5000", "--query-events", "20000"],
     "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
-    "compare": ["--calls", "200", "--rounds", "1"],
+    "compare": ["--calls", "200", "--rounds", "1", "--sink-idle"],
     "gc": ["--calls", "300", "--repeat", "1"],
     "hook": ["--calls", "200", "--repeat", "1"],
 }
