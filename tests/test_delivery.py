@@ -353,3 +353,29 @@ def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
         sender.stop(5)
     assert ingest.accepted_ids() == {"prepared-0", "prepared-1", "prepared-2", "prepared-late"}
     assert len(made) == 1
+
+
+def test_a_sender_whose_client_fails_at_start_makes_it_at_the_first_send(
+    tmp_path: Path, ingest: RecordingServer
+) -> None:
+    settings = Settings.from_env(
+        {}, api_key="k", endpoint=ingest.url, outbox_path=tmp_path / "o.sqlite3"
+    )
+    attempts: list[str] = []
+
+    def transport() -> HttpTransport:
+        attempts.append("made")
+        if len(attempts) == 1:
+            raise OSError("no CA bundle yet")
+        return HttpTransport(settings)
+
+    outbox = Outbox(settings.outbox_path)
+    sender = Sender(settings, outbox, transport_factory=transport)
+    sender.prepare()  # does not raise
+    outbox.enqueue([cloud_event("late-client", "cust", {"total_tokens": 1})])
+    try:
+        assert sender.flush(10)
+    finally:
+        sender.stop(5)
+    assert ingest.accepted_ids() == {"late-client"}
+    assert len(attempts) == 2

@@ -97,9 +97,17 @@ class Sender:
         """Make the HTTP client now instead of at the first send: about 70 ms of CPU
         (httpx loads its TLS certificates), which the delivery process spends while it
         starts rather than in the middle of LiteLLM's traffic. Call it before
-        :meth:`ensure_started`."""
+        :meth:`ensure_started`. Never raises: a client that cannot be made now is made
+        at the first send, whose failure is logged and retried like any other."""
         if self._transport is None:
-            self._transport = self._transport_factory()
+            try:
+                self._transport = self._transport_factory()
+            except Exception as exc:
+                log.debug(
+                    "litellm-openmeter: HTTP client not made at start (%s); the first "
+                    "send makes it",
+                    type(exc).__name__,
+                )
 
     def wake(self) -> None:
         """Ask the thread to look at the outbox now."""
