@@ -104,20 +104,38 @@ def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | No
     raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
 
 
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def stat_cpu(stat: Path) -> float | None:
+    """User plus system CPU seconds in a /proc ``stat`` file (of a process or a
+    thread), or None when there is none."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+Usage = tuple[float, float | None, dict[str, tuple[float, int, int]]]
+"""CPU seconds so far of this process and of ours' delivery process, and
+``thread_usage``."""
+
+
 def thread_usage() -> dict[str, tuple[float, int, int]]:
     """CPU seconds, context switches and preemptions (involuntary switches: another
     task took the core) so far of every live thread, by thread name (Linux /proc; empty
     elsewhere). Names are made unique with their native id."""
     usage: dict[str, tuple[float, int, int]] = {}
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for thread in threading.enumerate():
         task = Path(f"/proc/self/task/{thread.native_id}")
+        cpu = stat_cpu(task / "stat")
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             status = (task / "status").read_text().splitlines()
         except OSError:
             continue
-        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        if cpu is None:  # the thread ended between the two reads
+            continue
         switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
         preempted = sum(
             int(line.split()[1]) for line in status if line.startswith("nonvoluntary_ctxt")
@@ -125,17 +143,6 @@ def thread_usage() -> dict[str, tuple[float, int, int]]:
         name = thread.name.split("-")[0] if thread.name.startswith("ThreadPool") else thread.name
         usage[f"{name}#{thread.native_id}"] = (cpu, switches, preempted)
     return usage
-
-
-def process_cpu(pid: int | None) -> float | None:
-    """CPU seconds so far of another process (ours' delivery process), or None."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def per_thread(
@@ -247,21 +254,43 @@ def main() -> None:
     block_p50: list[float] = []
     calling = 0.0  # seconds spent in turns
     first_call_at: list[float] = []
-    threads_before: dict[str, tuple[float, int, int]] = {}
-    threads: dict[str, dict[str, float]] = {}
-    child_cpu: list[float | None] = []
 
-    def started_up() -> None:
+    def usage_now() -> Usage:
+        """CPU so far: this process, ours' delivery process (None for the others) and
+        each thread of this process."""
+        child = getattr(getattr(callback, "sender", None), "pid", None)
+        delivery = stat_cpu(Path(f"/proc/{child}/stat")) if child is not None else None
+        return time.process_time(), delivery, thread_usage()
+
+    def measuring_starts() -> Usage:
         """After the warm-up: wait until ours' delivery process has started and stored
-        the warm-up's calls, so that its start (a new Python importing its modules, a
-        few hundred milliseconds of CPU) is not in the measured calls of any worker."""
+        the warm-up's calls (its start, a new Python importing its modules, is a few
+        hundred milliseconds of CPU that belong in no worker's measured calls); then
+        forget the warm-up's hooks and take the CPU so far."""
         writer = getattr(callback, "writer", None)
         if writer is not None:
             writer.drain(60)
+        hook_times.clear()
+        hook_cpu.clear()
+        return usage_now()
 
-    def delivery_cpu() -> float | None:
-        """CPU seconds so far of ours' delivery process (started by the warm-up)."""
-        return process_cpu(getattr(getattr(callback, "sender", None), "pid", None))
+    def measured_usage(before: Usage) -> dict[str, Any]:
+        """Per call since ``before``: CPU of this process and of ours' delivery process
+        (another process: not in the first), and per thread."""
+        made = max(1, len(latencies))
+        cpu, delivery, _ = usage_now()
+        return {
+            # CPU time of every thread of the process, calls and hooks, per call:
+            # steadier than wall time on a shared machine.
+            "cpu_per_call_us": round((cpu - before[0]) / made * 1e6, 1),
+            "delivery_cpu_per_call_us": (
+                round((delivery - before[1]) / made * 1e6, 1)
+                if delivery is not None and before[1] is not None
+                else None
+            ),
+            # per thread, per call: where the CPU went and how often threads switched
+            "threads": per_thread(before[2], made),
+        }
 
     def turn_starts() -> float:
         if not first_call_at:
@@ -287,12 +316,7 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while not hooks_done(WARMUP) and time.monotonic() < deadline:
             time.sleep(0.01)
-        started_up()
-        hook_times.clear()
-        hook_cpu.clear()
-        cpu_started = time.process_time()
-        child_cpu.append(delivery_cpu())
-        threads_before.update(thread_usage())
+        before = measuring_starts()
         for size in commands(block):
             started = turn_starts()
             turn_done(started, run_sync(size, customer))
@@ -300,22 +324,15 @@ def main() -> None:
         deadline = time.monotonic() + 300
         while not hooks_done(made) and time.monotonic() < deadline:
             time.sleep(0.01)
-        cpu_used = time.process_time() - cpu_started
-        child_cpu.append(delivery_cpu())
-        threads.update(per_thread(threads_before, made))
+        usage = measured_usage(before)
     else:
 
-        async def measured() -> float:
+        async def measured() -> dict[str, Any]:
             await run_async(WARMUP, lambda index: "warmup")
             deadline = time.monotonic() + 60
             while not hooks_done(WARMUP) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            started_up()
-            hook_times.clear()
-            hook_cpu.clear()
-            cpu = time.process_time()
-            child_cpu.append(delivery_cpu())
-            threads_before.update(thread_usage())
+            before = measuring_starts()
             # Waiting for the parent blocks the loop: hooks still pending then run in
             # this process's next turn, not in another configuration's.
             for size in commands(block):
@@ -331,13 +348,10 @@ def main() -> None:
             deadline = time.monotonic() + 300
             while not hooks_done(made) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            child_cpu.append(delivery_cpu())
-            threads.update(per_thread(threads_before, made))
-            return time.process_time() - cpu
+            return measured_usage(before)
 
-        cpu_used = asyncio.run(measured())
+        usage = asyncio.run(measured())
     made = max(1, len(latencies))
-    child_before, child_after = child_cpu if len(child_cpu) == 2 else (None, None)
     print(
         json.dumps(
             {
@@ -349,23 +363,12 @@ def main() -> None:
                 "latency_us": percentiles(latencies),
                 "mean_latency_us": round(sum(latencies) / made, 1),
                 "block_p50_us": [round(value, 1) for value in block_p50],
-                # CPU time of every thread of the process, calls and hooks, per call:
-                # steadier than wall time on a shared machine.
-                "cpu_per_call_us": round(cpu_used / made * 1e6, 1),
+                **usage,
                 "hook_us": percentiles(hook_times),
                 "hook_cpu_us": percentiles(hook_cpu),
                 "hooks_run": len(hook_times),
                 "calls_per_second": round(made / calling) if calling else None,
                 "loop_lag_us": percentiles(lags) if mode == "async" else None,
-                # per thread, per call: where the CPU went and how often threads switched
-                "threads": threads,
-                # ours' delivery process over the same calls (another process: not in
-                # cpu_per_call_us), per call
-                "delivery_cpu_per_call_us": (
-                    round((child_after - child_before) / made * 1e6, 1)
-                    if child_before is not None and child_after is not None
-                    else None
-                ),
             }
         ),
         flush=True,
