@@ -10,6 +10,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -325,22 +326,29 @@ def test_backoff_is_not_cut_short_by_new_events(make_logger: Any, ingest: Record
     assert len(ingest.requests) <= started + 2
 
 
+def outbox_and_sender(
+    tmp_path: Path, ingest: RecordingServer, transport: Callable[[Settings], HttpTransport]
+) -> tuple[Outbox, Sender]:
+    """A sender of its own (no logger) to ``ingest``, whose client ``transport`` makes."""
+    settings = Settings.from_env(
+        {}, api_key="k", endpoint=ingest.url, outbox_path=tmp_path / "o.sqlite3"
+    )
+    outbox = Outbox(settings.outbox_path)
+    return outbox, Sender(settings, outbox, transport_factory=lambda: transport(settings))
+
+
 def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
     tmp_path: Path, ingest: RecordingServer
 ) -> None:
     """The delivery process makes its HTTP client before it takes any work, not at its
     first send; that client is the one every batch goes through."""
-    settings = Settings.from_env(
-        {}, api_key="k", endpoint=ingest.url, outbox_path=tmp_path / "o.sqlite3"
-    )
     made: list[HttpTransport] = []
 
-    def transport() -> HttpTransport:
+    def transport(settings: Settings) -> HttpTransport:
         made.append(HttpTransport(settings))
         return made[-1]
 
-    outbox = Outbox(settings.outbox_path)
-    sender = Sender(settings, outbox, transport_factory=transport)
+    outbox, sender = outbox_and_sender(tmp_path, ingest, transport)
     sender.prepare()
     sender.prepare()
     assert len(made) == 1
@@ -358,19 +366,15 @@ def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
 def test_a_sender_whose_client_fails_at_start_makes_it_at_the_first_send(
     tmp_path: Path, ingest: RecordingServer
 ) -> None:
-    settings = Settings.from_env(
-        {}, api_key="k", endpoint=ingest.url, outbox_path=tmp_path / "o.sqlite3"
-    )
     attempts: list[str] = []
 
-    def transport() -> HttpTransport:
+    def transport(settings: Settings) -> HttpTransport:
         attempts.append("made")
         if len(attempts) == 1:
             raise OSError("no CA bundle yet")
         return HttpTransport(settings)
 
-    outbox = Outbox(settings.outbox_path)
-    sender = Sender(settings, outbox, transport_factory=transport)
+    outbox, sender = outbox_and_sender(tmp_path, ingest, transport)
     sender.prepare()  # does not raise
     outbox.enqueue([cloud_event("late-client", "cust", {"total_tokens": 1})])
     try:

@@ -99,15 +99,13 @@ class Sender:
         starts rather than in the middle of LiteLLM's traffic. Call it before
         :meth:`ensure_started`. Never raises: a client that cannot be made now is made
         at the first send, whose failure is logged and retried like any other."""
-        if self._transport is None:
-            try:
-                self._transport = self._transport_factory()
-            except Exception as exc:
-                log.debug(
-                    "litellm-openmeter: HTTP client not made at start (%s); the first "
-                    "send makes it",
-                    type(exc).__name__,
-                )
+        try:
+            self._client()
+        except Exception as exc:
+            log.debug(
+                "litellm-openmeter: HTTP client not made at start (%s); the first send makes it",
+                type(exc).__name__,
+            )
 
     def wake(self) -> None:
         """Ask the thread to look at the outbox now."""
@@ -269,9 +267,13 @@ class Sender:
             self._on_pause(reason)
 
     def _send(self, batch: Sequence[Claimed]) -> SendResult:
+        return self._client().send([item.body for item in batch])
+
+    def _client(self) -> HttpTransport:
+        """The HTTP transport, made on first use (or by :meth:`prepare`)."""
         if self._transport is None:
             self._transport = self._transport_factory()
-        return self._transport.send([item.body for item in batch])
+        return self._transport
 
     def _deliver(self, batch: Sequence[Claimed]) -> SendResult:
         """Send a claimed batch and settle every event in it (ack, bury or release).
