@@ -130,11 +130,11 @@ def thread_usage() -> dict[str, tuple[float, int, int]]:
     for thread in threading.enumerate():
         task = Path(f"/proc/self/task/{thread.native_id}")
         cpu = stat_cpu(task / "stat")
+        if cpu is None:  # the thread has ended
+            continue
         try:
             status = (task / "status").read_text().splitlines()
-        except OSError:
-            continue
-        if cpu is None:  # the thread ended between the two reads
+        except OSError:  # it ended between the two reads
             continue
         switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
         preempted = sum(

@@ -366,6 +366,8 @@ def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
 def test_a_sender_whose_client_fails_at_start_makes_it_at_the_first_send(
     tmp_path: Path, ingest: RecordingServer
 ) -> None:
+    """``prepare`` never raises: a client that cannot be made at start is made at the
+    first send, and the events still arrive."""
     attempts: list[str] = []
 
     def transport(settings: Settings) -> HttpTransport:
