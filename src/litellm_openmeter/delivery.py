@@ -7,7 +7,8 @@ own threads: they share one GIL. A child process has a GIL of its own, so by def
 JSON (and the entries it had to build itself, see ``building``) to the child, which
 builds their events, stores them in the outbox and runs the sender.
 
-The parent talks to the child through two pipes of JSON lines: settings, then
+The parent talks to the child through two pipes of JSON lines: settings (or a
+``probe``, which the child answers and exits: ``doctor`` checks so that it starts), then
 ``store`` (a batch of the writer's calls and entries, numbered), ``wake``, ``flush`` and
 ``stop`` down the child's stdin; ``stored`` (the batch is committed, and how many of
 its events were new), log records and pause changes up its stdout, which the parent
@@ -107,6 +108,50 @@ def settings_from_message(message: dict[str, Any]) -> Settings:
     return Settings(**values)
 
 
+def child_command() -> list[str]:
+    """How the delivery process is started: this Python, ``-m litellm_openmeter.delivery``."""
+    return [sys.executable, "-m", "litellm_openmeter.delivery"]
+
+
+def start_child(stderr: int | None = None) -> subprocess.Popen[bytes]:
+    """Start a delivery process, its stdin and stdout piped (``stderr`` as given:
+    by default this process's own)."""
+    # The child imports what this process can import, however its path was set.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+    return subprocess.Popen(
+        child_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        close_fds=True,
+        env=env,
+    )
+
+
+def probe(timeout: float = 30.0) -> str | None:
+    """Start a delivery process the way a logger does, one that only says it runs and
+    exits (it opens no outbox and sends nothing). None when it answered within
+    ``timeout`` seconds; otherwise what went wrong, in one line."""
+    try:
+        process = start_child(stderr=subprocess.PIPE)
+    except OSError as exc:
+        return f"cannot run {sys.executable}: {type(exc).__name__}: {exc}"
+    try:
+        out, err = process.communicate(b'{"probe": true}\n', timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return f"no answer within {timeout:g}s"
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("ready"):
+                return None
+    lines = [line.strip() for line in err.decode(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line]  # the traceback's last line
+    detail = f": {(errors or lines)[-1]}" if lines else ""
+    return f"exited with code {process.returncode} before it ran{detail}"
+
+
 class DeliveryProcess:
     """The sender in a child process, driven like :class:`~.sender.Sender` (start, wake,
     flush, stop, ``paused_reason``), which also stores what :meth:`relay` hands it.
@@ -192,15 +237,7 @@ class DeliveryProcess:
             self._fallback.ensure_started()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        # The child imports what this process can import, however its path was set.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "litellm_openmeter.delivery"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            env=env,
-        )
+        process = start_child()
         assert process.stdin is not None and process.stdout is not None
         os.set_blocking(process.stdin.fileno(), False)
         with contextlib.suppress(AttributeError, OSError):  # Linux only; best effort
@@ -530,8 +567,11 @@ def main() -> None:
     if not lines:
         return
     hello = json.loads(lines.pop(0))
-    settings = settings_from_message(hello["settings"])
     parent = _Parent(sys.stdout.fileno())
+    if hello.get("probe"):  # see probe(): it started, and that is all
+        parent.tell({"ready": True})
+        return
+    settings = settings_from_message(hello["settings"])
     logger = logging.getLogger("litellm_openmeter")
     logger.handlers[:] = [_PipeHandler(parent)]
     logger.setLevel(int(hello.get("log_level", logging.WARNING)))
