@@ -333,6 +333,72 @@ def test_create_meter_backfills(client: httpx.Client) -> None:
     )
 
 
+def test_update_and_delete_meter(tmp_path: Path) -> None:
+    """PUT replaces a meter's name, description and groupBy as OpenMeter does (a new
+    key groups the events already stored) and DELETE removes it, keeping its events;
+    both are 404 for a meter that is not there and keep their effect over a restart."""
+    db = tmp_path / "meters.sqlite3"
+    with BackgroundServer(open_store(db)) as server, httpx.Client(base_url=server.url) as http:
+        post(http, [event("u1"), event("u2", "bob", model="gpt-4o-mini")], BATCH)
+        created = http.post(
+            "/api/v1/meters",
+            json={
+                "slug": "calls",
+                "aggregation": "COUNT",
+                "eventType": "litellm_tokens",
+                "name": "Calls",
+                "description": "every call",
+            },
+        ).json()
+        response = http.put(
+            f"/api/v1/meters/{created['id']}",
+            json={"name": "Calls by model", "groupBy": {"model": "$.model"}},
+        )
+        assert response.status_code == 200, response.text
+        updated = response.json()
+        assert (updated["id"], updated["slug"], updated["createdAt"]) == (
+            created["id"],
+            "calls",
+            created["createdAt"],
+        )
+        assert updated["name"] == "Calls by model"
+        assert updated["groupBy"] == {"model": "$.model"}
+        assert "description" not in updated  # left out of the update: cleared
+        assert http.get("/api/v1/meters/calls").json() == updated
+        rows = query(http, "calls", groupBy="model")
+        assert {row["groupBy"]["model"]: row["value"] for row in rows} == {
+            "gpt-4o": 1,
+            "gpt-4o-mini": 1,
+        }
+        cleared = http.put("/api/v1/meters/calls", json={}).json()
+        assert cleared["name"] == "calls" and cleared["groupBy"] == {}
+        assert_problem(
+            http.put("/api/v1/meters/calls", json={"groupBy": {"subject": "$.model"}}),
+            400,
+            "reserved",
+        )
+        assert_problem(
+            http.put("/api/v1/meters/calls", json={"groupBy": {"m": "model"}}), 400, "groupBy.m"
+        )
+        assert_problem(http.put("/api/v1/meters/calls", json=["x"]), 400, "JSON object")
+        assert_problem(http.put("/api/v1/meters/calls", content=b"{"), 400, "malformed JSON")
+        assert_problem(http.put("/api/v1/meters/nope", json={}), 404, "nope")
+        assert http.put("/api/v1/meters/calls", json={"name": "Kept"}).status_code == 200
+
+        gone = http.delete(f"/api/v1/meters/{created['id']}")
+        assert gone.status_code == 204 and gone.content == b""
+        assert_problem(http.get("/api/v1/meters/calls"), 404)
+        assert "calls" not in {m["slug"] for m in http.get("/api/v1/meters").json()}
+        assert_problem(http.delete("/api/v1/meters/calls"), 404, "calls")
+        assert len(stored(http)) == 2  # the events stay, for the other meters
+        assert query(http, "litellm_tokens_calls")[0]["value"] == 2
+        http.put("/api/v1/meters/litellm_tokens_cost", json={"name": "Cost (renamed)"})
+    with BackgroundServer(open_store(db)) as server, httpx.Client(base_url=server.url) as http:
+        assert_problem(http.get("/api/v1/meters/calls"), 404)
+        # the configured meters (here the defaults) are installed again as configured
+        assert http.get("/api/v1/meters/litellm_tokens_cost").json()["name"] != "Cost (renamed)"
+
+
 @pytest.mark.parametrize(
     ("body", "word"),
     [

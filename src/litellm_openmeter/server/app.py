@@ -170,6 +170,26 @@ def create_app(
         stored = find_meter(request)
         return JSONResponse(stored.to_json()) if stored else not_found(request)
 
+    async def update_meter(request: Request) -> Response:
+        stored = find_meter(request)
+        if stored is None:
+            return not_found(request)
+        try:
+            body = json.loads(await request.body())
+            if not isinstance(body, dict):
+                raise MeterError("the body must be a JSON object (a MeterUpdate)")
+            updated = store.create_meter(meter_from_json(_updated(stored, body)), replace=True)
+        except ValueError as exc:
+            detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
+            return problem(400, "Bad Request", detail)
+        return JSONResponse(updated.to_json())
+
+    async def delete_meter(request: Request) -> Response:
+        stored = find_meter(request)
+        if stored is None or not store.delete_meter(stored.meter.slug):
+            return not_found(request)
+        return Response(status_code=204)
+
     async def subjects(request: Request) -> Response:
         stored = find_meter(request)
         if stored is None:
@@ -216,11 +236,25 @@ def create_app(
             Route("/api/v1/meters", list_meters, methods=["GET"]),
             Route("/api/v1/meters", create_meter, methods=["POST"]),
             Route("/api/v1/meters/{meter}", get_meter, methods=["GET"]),
+            Route("/api/v1/meters/{meter}", update_meter, methods=["PUT"]),
+            Route("/api/v1/meters/{meter}", delete_meter, methods=["DELETE"]),
             Route("/api/v1/meters/{meter}/query", query, methods=["GET", "POST"]),
             Route("/api/v1/meters/{meter}/subjects", subjects, methods=["GET"]),
         ],
     )
     return GuardMiddleware(app, token)
+
+
+def _updated(stored: StoredMeter, update: dict[str, Any]) -> dict[str, Any]:
+    """The ``MeterCreate`` body of a meter after a ``MeterUpdate``, applied as OpenMeter
+    applies one: ``name``, ``description`` and ``groupBy`` are replaced, and one left
+    out is cleared (the name falls back to the slug); the rest cannot change."""
+    body = stored.meter.to_create()
+    for key in ("name", "description", "groupBy"):
+        body.pop(key, None)
+        if update.get(key) is not None:
+            body[key] = update[key]
+    return body
 
 
 def _check_query(query: Query, stored: StoredMeter) -> Query:

@@ -459,6 +459,27 @@ class Store:
             self._attach_meters()
             return stored
 
+    def delete_meter(self, slug: str) -> bool:
+        """Remove a meter (the events stay, for the other meters and later ones);
+        False when there is none by that slug."""
+        with self._write_lock:
+            existing = self.meters.get(slug)
+            if existing is None:
+                return False
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM meters WHERE slug = ?", (slug,))
+                del self.meters[slug]
+                self._relayout(existing.meter.event_type)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self.meters[slug] = existing
+                raise
+            self._attach_meters()
+            return True
+
     def _relayout(self, event_type: str) -> None:
         """Make the facts and rollup tables of a type fit its meters, and refill them."""
         meters = [m.meter for m in self.meters.values() if m.meter.event_type == event_type]
