@@ -392,7 +392,8 @@ def test_update_and_delete_meter(tmp_path: Path) -> None:
         assert_problem(http.delete("/api/v1/meters/calls"), 404, "calls")
         assert len(stored(http)) == 2  # the events stay, for the other meters
         assert query(http, "litellm_tokens_calls")[0]["value"] == 2
-        http.put("/api/v1/meters/litellm_tokens_cost", json={"name": "Cost (renamed)"})
+        renamed = http.put("/api/v1/meters/litellm_tokens_cost", json={"name": "Cost (renamed)"})
+        assert renamed.json()["name"] == "Cost (renamed)"
     with BackgroundServer(open_store(db)) as server, httpx.Client(base_url=server.url) as http:
         assert_problem(http.get("/api/v1/meters/calls"), 404)
         # the configured meters (here the defaults) are installed again as configured
