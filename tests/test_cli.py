@@ -121,6 +121,36 @@ def test_meters_apply(run: Run, server: BackgroundServer) -> None:
     assert "created  tokens_total" in changed
 
 
+def test_meters_apply_update(run: Run, server: BackgroundServer) -> None:
+    """--update gives existing meters the groupBy keys they lack, keeping their name,
+    description and keys of their own; what cannot change in place stays reported."""
+    run("meters", "--apply")
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}) as http:
+        wanted = http.get("/api/v1/meters/litellm_tokens_cost").json()["groupBy"]
+        own = {key: path for key, path in wanted.items() if key != "team_id"}
+        own["region"] = "$.region"
+        edited = {"name": "Cost", "description": "edited by hand", "groupBy": own}
+        assert http.put("/api/v1/meters/litellm_tokens_cost", json=edited).status_code == 200
+        assert "differs  litellm_tokens_cost" in run("meters", "--apply").stdout
+        updated = run("meters", "--apply", "--update").stdout
+        assert "updated  litellm_tokens_cost (groupBy keys set: team_id)" in updated
+        assert "exists   litellm_tokens_calls" in updated
+        meter = http.get("/api/v1/meters/litellm_tokens_cost").json()
+        assert meter["groupBy"] == {**wanted, "region": "$.region"}
+        assert (meter["name"], meter["description"]) == ("Cost", "edited by hand")
+    again = run("meters", "--apply", "--update").stdout
+    assert "exists   litellm_tokens_cost (keeps groupBy keys of its own: region)" in again
+    other_shape = run(
+        "meters",
+        "--apply",
+        "--update",
+        env={"OPENMETER_EVENT_SHAPE": "tokens", "OPENMETER_EVENT_TYPE": "litellm_tokens"},
+    ).stdout
+    assert "differs  litellm_tokens_calls" in other_shape
+    assert "cannot change in place" in other_shape
+    assert "--apply" in run("meters", "--update", ok=False).stderr
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -17,10 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # imported where used: every command starts fast
+    from .client import OpenMeterClient
 
 SERVER_TOKEN_ENV = "OPENMETER_SERVER_TOKEN"
 
@@ -141,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the missing meters on OPENMETER_API_ENDPOINT and report "
         "existing ones that differ",
+    )
+    meters.add_argument(
+        "--update",
+        action="store_true",
+        help="with --apply: add the missing groupBy keys to existing meters (keeping "
+        "their name, description and keys of their own)",
     )
 
     outbox = commands.add_parser(
@@ -286,12 +295,40 @@ def _comparable(meter: dict[str, Any]) -> dict[str, Any]:
     return {key: meter.get(key) or ({} if key == "groupBy" else None) for key in keys}
 
 
+def _fixed(meter: dict[str, Any]) -> dict[str, Any]:
+    """What a meter update cannot change."""
+    return {key: value for key, value in _comparable(meter).items() if key != "groupBy"}
+
+
+def _update_group_by(
+    client: OpenMeterClient, found: dict[str, Any], wanted: dict[str, Any]
+) -> dict[str, str]:
+    """Give an existing meter the groupBy keys it lacks (ours win where a key's path
+    differs; keys of its own stay). A MeterUpdate clears what it leaves out, so the
+    name and description go along as they are."""
+    slug = str(found.get("slug"))
+    current: dict[str, str] = dict(found.get("groupBy") or {})
+    merged = {**current, **(wanted.get("groupBy") or {})}
+    if merged == current:
+        own = ", ".join(sorted(set(current) - set(wanted.get("groupBy") or {})))
+        return {"slug": slug, "state": "exists", "detail": f"keeps groupBy keys of its own: {own}"}
+    update: dict[str, Any] = {"groupBy": merged}
+    for key in ("name", "description"):
+        if found.get(key):
+            update[key] = found[key]
+    client.update_meter(str(found.get("id") or slug), update)
+    changed = sorted(key for key in merged if current.get(key) != merged[key])
+    return {"slug": slug, "state": "updated", "detail": f"groupBy keys set: {', '.join(changed)}"}
+
+
 def _meters(args: argparse.Namespace) -> int:
     import yaml
 
     from .client import ClientError, OpenMeterClient
     from .meters import meters_for
 
+    if args.update and not args.apply:
+        raise CommandError("--update works with --apply: meters --apply --update")
     settings = _settings(require_key=args.apply)
     wanted = meters_for(settings.event_type, settings.event_shape)
     if not args.apply:
@@ -317,26 +354,35 @@ def _meters(args: argparse.Namespace) -> int:
                 if found is None:
                     client.create_meter(body)
                     report.append({"slug": meter.slug, "state": "created"})
-                elif _comparable(found) != _comparable(body):
-                    report.append(
-                        {
-                            "slug": meter.slug,
-                            "state": "differs",
-                            "detail": json.dumps(
-                                {"endpoint": _comparable(found), "wanted": _comparable(body)}
-                            ),
-                        }
-                    )
-                else:
+                elif _comparable(found) == _comparable(body):
                     report.append({"slug": meter.slug, "state": "exists"})
+                elif args.update and _fixed(found) == _fixed(body):
+                    report.append(_update_group_by(client, found, body))
+                else:
+                    detail: dict[str, Any] = {
+                        "endpoint": _comparable(found),
+                        "wanted": _comparable(body),
+                    }
+                    if args.update:
+                        detail["note"] = (
+                            "aggregation, eventType and valueProperty cannot change in "
+                            "place: delete the meter and run this again"
+                        )
+                    report.append(
+                        {"slug": meter.slug, "state": "differs", "detail": json.dumps(detail)}
+                    )
     except ClientError as exc:
         raise CommandError(str(exc)) from None
     if args.json:
         _print_json(report)
     else:
         for line in report:
-            detail = f" (left unchanged; {line['detail']})" if "detail" in line else ""
-            print(f"{line['state']:8} {line['slug']}{detail}")
+            suffix = ""
+            if line["state"] == "differs":
+                suffix = f" (left unchanged; {line['detail']})"
+            elif "detail" in line:
+                suffix = f" ({line['detail']})"
+            print(f"{line['state']:8} {line['slug']}{suffix}")
     return 0
 
 

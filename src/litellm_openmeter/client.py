@@ -79,6 +79,13 @@ class OpenMeterClient:
         created: dict[str, Any] = self._request("POST", "/api/v1/meters", json=body).json()
         return created
 
+    def update_meter(self, id_or_slug: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Update a meter from a ``MeterUpdate`` body (what it leaves out is cleared)."""
+        updated: dict[str, Any] = self._request(
+            "PUT", f"/api/v1/meters/{id_or_slug}", json=body
+        ).json()
+        return updated
+
     def query(self, slug: str, params: dict[str, Any]) -> dict[str, Any]:
         """Query a meter (GET form)."""
         result: dict[str, Any] = self._request(
