@@ -22,6 +22,8 @@ from conftest import free_port, hook_kwargs
 
 KEY = "cli-secret-key"
 Run = Callable[..., subprocess.CompletedProcess[str]]
+TOKENS_SHAPE = {"OPENMETER_EVENT_SHAPE": "tokens", "OPENMETER_EVENT_TYPE": "litellm_tokens"}
+"""The other event shape under the default type: some of its meters' slugs are taken."""
 
 
 @pytest.fixture
@@ -115,7 +117,7 @@ def test_meters_apply(run: Run, server: BackgroundServer) -> None:
     changed = run(
         "meters",
         "--apply",
-        env={"OPENMETER_EVENT_SHAPE": "tokens", "OPENMETER_EVENT_TYPE": "litellm_tokens"},
+        env=TOKENS_SHAPE,
     ).stdout
     assert "differs  litellm_tokens_calls" in changed
     assert "created  tokens_total" in changed
@@ -144,7 +146,7 @@ def test_meters_apply_update(run: Run, server: BackgroundServer) -> None:
         "meters",
         "--apply",
         "--update",
-        env={"OPENMETER_EVENT_SHAPE": "tokens", "OPENMETER_EVENT_TYPE": "litellm_tokens"},
+        env=TOKENS_SHAPE,
     ).stdout
     assert "differs  litellm_tokens_calls" in other_shape
     assert "cannot change in place" in other_shape

@@ -160,10 +160,7 @@ def create_app(
             meter = meter_from_json(body)
             stored = store.create_meter(meter)
         except ValueError as exc:
-            if isinstance(exc, MeterExists):
-                return problem(409, "Conflict", str(exc))
-            detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
-            return problem(400, "Bad Request", detail)
+            return _meter_problem(exc)
         return JSONResponse(stored.to_json(), status_code=201)
 
     async def get_meter(request: Request) -> Response:
@@ -180,8 +177,7 @@ def create_app(
                 raise MeterError("the body must be a JSON object (a MeterUpdate)")
             updated = store.create_meter(meter_from_json(_updated(stored, body)), replace=True)
         except ValueError as exc:
-            detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
-            return problem(400, "Bad Request", detail)
+            return _meter_problem(exc)
         return JSONResponse(updated.to_json())
 
     async def delete_meter(request: Request) -> Response:
@@ -243,6 +239,14 @@ def create_app(
         ],
     )
     return GuardMiddleware(app, token)
+
+
+def _meter_problem(exc: ValueError) -> JSONResponse:
+    """The answer to a meter body that failed: 409 for a slug taken, else 400."""
+    if isinstance(exc, MeterExists):
+        return problem(409, "Conflict", str(exc))
+    detail = str(exc) if isinstance(exc, MeterError) else f"malformed JSON body: {exc}"
+    return problem(400, "Bad Request", detail)
 
 
 def _updated(stored: StoredMeter, update: dict[str, Any]) -> dict[str, Any]:

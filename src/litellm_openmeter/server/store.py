@@ -439,24 +439,7 @@ class Store:
                 existing.created_at if existing else now,
                 now,
             )
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "INSERT OR REPLACE INTO meters (slug, id, body, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (meter.slug, stored.id, json.dumps(meter.to_create()), stored.created_at, now),
-                )
-                self.meters[meter.slug] = stored
-                self._relayout(meter.event_type)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self.meters.pop(meter.slug, None)
-                if existing is not None:
-                    self.meters[meter.slug] = existing
-                raise
-            self._attach_meters()
+            self._change_meter(meter.slug, stored, meter.event_type)
             return stored
 
     def delete_meter(self, slug: str) -> bool:
@@ -466,19 +449,41 @@ class Store:
             existing = self.meters.get(slug)
             if existing is None:
                 return False
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM meters WHERE slug = ?", (slug,))
-                del self.meters[slug]
-                self._relayout(existing.meter.event_type)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self.meters[slug] = existing
-                raise
-            self._attach_meters()
+            self._change_meter(slug, None, existing.meter.event_type)
             return True
+
+    def _change_meter(self, slug: str, stored: StoredMeter | None, event_type: str) -> None:
+        """Write a meter (or with None, delete it) and lay out its event type's tables
+        again, in one transaction; on failure nothing changes. Hold the write lock."""
+        existing = self.meters.get(slug)
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if stored is None:
+                conn.execute("DELETE FROM meters WHERE slug = ?", (slug,))
+                self.meters.pop(slug, None)
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meters (slug, id, body, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        slug,
+                        stored.id,
+                        json.dumps(stored.meter.to_create()),
+                        stored.created_at,
+                        stored.updated_at,
+                    ),
+                )
+                self.meters[slug] = stored
+            self._relayout(event_type)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self.meters.pop(slug, None)
+            if existing is not None:
+                self.meters[slug] = existing
+            raise
+        self._attach_meters()
 
     def _relayout(self, event_type: str) -> None:
         """Make the facts and rollup tables of a type fit its meters, and refill them."""
