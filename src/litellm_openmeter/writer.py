@@ -210,10 +210,12 @@ class Writer:
     def _work(self) -> None:
         stopping = False
         while True:
-            try:  # once stop() was asked, only what is already queued remains
-                item = self._queue.get_nowait() if stopping else self._queue.get()
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
-                return
+                if stopping:  # once stop() was asked, only what is already queued remains
+                    return
+                item = self._queue.get()
             pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
             if (
                 pause > 0
@@ -239,6 +241,11 @@ class Writer:
             if batch:
                 self._store(batch)
                 self._last_commit = time.monotonic()
+            if not stopping and self._pending < MAX_ENTRIES_PER_COMMIT:
+                # Sleep the interval out here, not in get(): a hook's hand-over then
+                # wakes no thread while calls keep coming (one wake-up per turn, not
+                # two), and after a quiet spell get() returns at once.
+                self._urgent.wait(COMMIT_INTERVAL)
 
     def _store(self, batch: list[object]) -> None:
         ready: list[tuple[Entry, Future[Entry] | None]] = []
