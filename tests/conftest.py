@@ -72,11 +72,11 @@ def ingest() -> Iterator[RecordingServer]:
 def callbacks() -> Iterator[list[Any]]:
     """litellm.callbacks for one test, restored after."""
     manager = litellm.logging_callback_manager
-    manager._reset_all_callbacks()
+    manager._reset_all_callbacks()  # type: ignore[no-untyped-call]
     registered: list[Any] = []
     litellm.callbacks = registered
     yield registered
-    manager._reset_all_callbacks()
+    manager._reset_all_callbacks()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

@@ -9,17 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
-import yaml
-
-from conftest import OPENAPI
-
-try:  # cloudevents >= 2 keeps the 1.x API under cloudevents.v1
-    from cloudevents.v1.http import from_json
-except ImportError:  # pragma: no cover
-    from cloudevents.http import from_json
 import litellm
 import orjson
+import pytest
+import yaml
+from cloudevents.v1.http import from_json
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
@@ -34,6 +28,8 @@ from litellm_openmeter.events import (
 )
 from litellm_openmeter.settings import Settings
 from litellm_openmeter.usage import UsageRecord, call_form, record_from_form, record_from_kwargs
+
+from conftest import OPENAPI
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -58,7 +58,12 @@ def test_an_expired_hold_is_sent_as_it_is_and_the_late_event_is_not(tmp_path: Pa
     outbox = Outbox(tmp_path / "o.sqlite3")
     held = outbox.hold([event("c1", tokens=5)], "c1", seconds=0.2)
     claimed: list[Claimed] = []
-    wait_for(lambda: bool(claimed.extend(outbox.claim("1-s", 10, 60)) or claimed), what="expiry")
+
+    def expired() -> bool:
+        claimed.extend(outbox.claim("1-s", 10, 60))
+        return bool(claimed)
+
+    wait_for(expired, what="expiry")
     assert [json.loads(item.body)["data"] for item in claimed] == [{"total_tokens": 5}]
     # The row now belongs to the sender: the late final event changes nothing.
     assert outbox.enqueue([event("c1", tokens=7)], settle=held) == 0

@@ -11,6 +11,8 @@ from typing import Any
 
 import litellm
 import pytest
+from litellm.caching.caching import Cache
+from litellm.exceptions import RateLimitError
 
 from conftest import async_wait_for, stored, usage_response, wait_for
 from ingest_server import RecordingServer
@@ -107,8 +109,9 @@ def test_async_completion_and_streams_one_event_per_call(
 
 def test_embedding_call(make_logger: Any, callbacks: list[Any], ingest: RecordingServer) -> None:
     callbacks.append(make_logger())
+    odd_user: dict[str, Any] = {"user": 7}  # not a string: the event takes it as text
     litellm.embedding(
-        model="text-embedding-3-small", input=["hello world"], mock_response=[0.1, 0.2], user=7
+        model="text-embedding-3-small", input=["hello world"], mock_response=[0.1, 0.2], **odd_user
     )
     [event] = delivered(ingest, 1)
     check_envelope(event, "7")
@@ -139,7 +142,7 @@ def test_litellm_cache_hit_is_its_own_event(
     make_logger: Any, callbacks: list[Any], ingest: RecordingServer
 ) -> None:
     callbacks.append(make_logger())
-    litellm.cache = litellm.Cache()
+    litellm.cache = Cache()
     try:
         first = litellm.completion(
             model="gpt-4o", messages=MESSAGES, mock_response="same", user="u", caching=True
@@ -158,7 +161,7 @@ def spy_on_hooks(callbacks: list[Any]) -> list[dict[str, Any]]:
     """Register a callback that keeps the kwargs LiteLLM passes to sync success hooks."""
     seen: list[dict[str, Any]] = []
 
-    class Spy(litellm.integrations.custom_logger.CustomLogger):  # type: ignore[misc]
+    class Spy(litellm.integrations.custom_logger.CustomLogger):
         def log_success_event(self, kwargs: Any, *args: Any, **kw: Any) -> None:
             seen.append(kwargs)
 
@@ -275,14 +278,12 @@ def test_failures_metered_when_asked(
     make_logger: Any, callbacks: list[Any], ingest: RecordingServer
 ) -> None:
     async def run() -> None:
-        with pytest.raises(litellm.RateLimitError):
+        with pytest.raises(RateLimitError):
             await litellm.acompletion(
                 model="gpt-4o",
                 messages=MESSAGES,
                 user="u-f",
-                mock_response=litellm.RateLimitError(
-                    "slow down", llm_provider="openai", model="gpt-4o"
-                ),
+                mock_response=RateLimitError("slow down", llm_provider="openai", model="gpt-4o"),
             )
         await async_wait_for(lambda: stored(logger) >= 1, what="async failure hook")
 

@@ -21,6 +21,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import litellm
 
 from litellm_openmeter import OpenMeterLogger
+from litellm_openmeter.delivery import DeliveryProcess
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
         print("DELIVERED", logger.flush(60), flush=True)
         return
     if mode == "relay":
+        assert isinstance(logger.sender, DeliveryProcess)
         logger.sender.ensure_started()
         print("CHILD", logger.sender.pid, flush=True)
         sys.stdin.readline()
