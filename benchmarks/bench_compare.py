@@ -242,6 +242,105 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+NAMES = {
+    "none": "no callback",
+    "noop": "no-op CustomLogger",
+    "builtin": "LiteLLM built-in",
+    "ours": "**litellm-openmeter**",
+}
+ENDPOINTS = {"healthy": "healthy", "slow_200ms": "slow", "down": "down"}
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} us"
+
+
+def _pair_us(first: float | None, second: float | None, digits: int = 0) -> str:
+    if first is None or second is None:
+        return "-"
+    return f"{_number(first, digits)} / {_number(second)} us"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    rows = [header, ["---"] * len(header), *body]
+    return ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _cell(row: dict[str, Any]) -> list[str]:
+    sends = row["config"] in SENDERS
+    interval = row["paired_ratio_90pct_interval"]
+    return [
+        row["mode"],
+        ENDPOINTS[row["state"]],
+        NAMES[row["config"]],
+        _us(row["latency_p50_us"]),
+        _us(row["latency_p99_us"]),
+        f"{row['paired_ratio_to_noop_p50']:.3f}",
+        f"{interval[0]:.3f}-{interval[1]:.3f}" if interval and row["config"] != "noop" else "-",
+        _us(row["cpu_per_call_us"]),
+        f"{row['cpu_ratio_to_noop']:.3f}",
+        _pair_us(row["hook_p50_us"], row["hook_p99_us"], 1),
+        _pair_us(row["loop_lag_p50_us"], row["loop_lag_p99_us"]),
+        _number(row["delivered"]) if sends else "-",
+        f"{_number(row['lost'])} (max {row['max_lost']:,})" if sends else "-",
+    ]
+
+
+def markdown(rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> str:
+    """The tables of BENCHMARKS.md from a summary and its trials: every cell, the
+    per-round paired ratios, and the throughput trials."""
+    cells = [row for row in rows if row["mode"] != "burst"]
+    header = "mode, endpoint, config, p50 latency, p99, p50 / no-op (paired), 90 % interval, "
+    header += "CPU/call, CPU / no-op, hook p50 / p99, loop lag p50 / p99, delivered, lost"
+    lines = _table(header.split(", "), [_cell(row) for row in cells])
+
+    others = [
+        config
+        for config in ("none", "ours", "builtin")
+        if any(row["config"] == config for row in cells)
+    ]
+    body = []
+    for mode, state in dict.fromkeys((row["mode"], row["state"]) for row in cells):
+        group = [t for t in trials if t["mode"] == mode and t["state"] == state]
+        floors = {t["round"]: t["latency_us"]["p50"] for t in group if t["config"] == "noop"}
+        ratios = [
+            " ".join(
+                f"{ratio:.2f}"
+                for ratio in sorted(
+                    t["latency_us"]["p50"] / floors[t["round"]]
+                    for t in group
+                    if t["config"] == config and t["round"] in floors
+                )
+            )
+            for config in others
+        ]
+        body.append([mode, ENDPOINTS[state], *ratios])
+    lines += ["", "Per-round paired ratios (p50 / no-op p50 of the same round), sorted:", ""]
+    lines += _table(["mode", "endpoint", *(NAMES[config] for config in others)], body)
+
+    burst = [row for row in rows if row["mode"] == "burst"]
+    if burst:
+        lines += [""]
+        lines += _table(
+            ["config", "calls/s", "events/s delivered", "p50 latency", "CPU/call"],
+            [
+                [
+                    NAMES[row["config"]],
+                    _number(row["calls_per_second"]),
+                    _number(row["delivered_per_second"]),
+                    _us(row["latency_p50_us"]),
+                    _us(row["cpu_per_call_us"]),
+                ]
+                for row in burst
+            ],
+        )
+    return "\n".join(lines)
+
+
 def pooled(files: list[Path]) -> list[dict[str, Any]]:
     """The trials of several runs as one run: rounds numbered on across the files, so
     that a trial is still paired with the no-op trial of its own round."""
@@ -282,10 +381,18 @@ def main() -> None:
         help="run nothing: print the summary of the trials kept in these files (runs of "
         "the same code, pooled: each run's rounds stay paired within that run)",
     )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="with --summarise: print the tables of BENCHMARKS.md instead of JSON",
+    )
     args = parser.parse_args()
     if args.summarise is not None:
         kept = pooled(args.summarise)
-        print(json.dumps({"summary": summarise(kept), "trials": kept}, indent=2))
+        if args.markdown:
+            print(markdown(summarise(kept), kept))
+        else:
+            print(json.dumps({"summary": summarise(kept), "trials": kept}, indent=2))
         return
     configs = [config for config in CONFIGS if config in args.configs.split(",")]
     if "noop" not in configs:
