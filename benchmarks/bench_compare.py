@@ -266,8 +266,11 @@ def _pair_us(first: float | None, second: float | None, digits: int = 0) -> str:
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    rows = [header, ["---"] * len(header), *body]
-    return ["| " + " | ".join(row) + " |" for row in rows]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in body),
+    ]
 
 
 def _cell(row: dict[str, Any]) -> list[str]:
