@@ -221,6 +221,7 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             round(statistics.median(paired), 3) if paired else None
                         ),
                         "paired_ratio_90pct_interval": interval(paired),
+                        "paired_ratios": sorted(round(ratio, 4) for ratio in paired),
                         "mean_latency_us": median("mean_latency_us"),
                         "cpu_per_call_us": cpu,
                         "cpu_ratio_to_noop": round(cpu / cpu_floor, 3)
@@ -256,7 +257,7 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 
 def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} us"
+    return "-" if value is None else f"{_number(value)} us"
 
 
 def _pair_us(first: float | None, second: float | None, digits: int = 0) -> str:
@@ -293,35 +294,24 @@ def _cell(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown(rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> str:
-    """The tables of BENCHMARKS.md from a summary and its trials: every cell, the
-    per-round paired ratios, and the throughput trials."""
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The tables of BENCHMARKS.md from a summary: every cell, the per-round paired
+    ratios, and the throughput trials."""
     cells = [row for row in rows if row["mode"] != "burst"]
-    header = "mode, endpoint, config, p50 latency, p99, p50 / no-op (paired), 90 % interval, "
-    header += "CPU/call, CPU / no-op, hook p50 / p99, loop lag p50 / p99, delivered, lost"
-    lines = _table(header.split(", "), [_cell(row) for row in cells])
+    header = ["mode", "endpoint", "config", "p50 latency", "p99", "p50 / no-op (paired)"]
+    header += ["90 % interval", "CPU/call", "CPU / no-op", "hook p50 / p99"]
+    header += ["loop lag p50 / p99", "delivered", "lost"]
+    lines = _table(header, [_cell(row) for row in cells])
 
-    others = [
-        config
-        for config in ("none", "ours", "builtin")
-        if any(row["config"] == config for row in cells)
+    others = [c for c in ("none", "ours", "builtin") if any(r["config"] == c for r in cells)]
+    ratios: dict[tuple[str, str], dict[str, str]] = {}
+    for row in cells:
+        text = " ".join(f"{ratio:.2f}" for ratio in row["paired_ratios"])
+        ratios.setdefault((row["mode"], row["state"]), {})[row["config"]] = text
+    body = [
+        [mode, ENDPOINTS[state], *(by_config.get(config, "-") for config in others)]
+        for (mode, state), by_config in ratios.items()
     ]
-    body = []
-    for mode, state in dict.fromkeys((row["mode"], row["state"]) for row in cells):
-        group = [t for t in trials if t["mode"] == mode and t["state"] == state]
-        floors = {t["round"]: t["latency_us"]["p50"] for t in group if t["config"] == "noop"}
-        ratios = [
-            " ".join(
-                f"{ratio:.2f}"
-                for ratio in sorted(
-                    t["latency_us"]["p50"] / floors[t["round"]]
-                    for t in group
-                    if t["config"] == config and t["round"] in floors
-                )
-            )
-            for config in others
-        ]
-        body.append([mode, ENDPOINTS[state], *ratios])
     lines += ["", "Per-round paired ratios (p50 / no-op p50 of the same round), sorted:", ""]
     lines += _table(["mode", "endpoint", *(NAMES[config] for config in others)], body)
 
@@ -392,10 +382,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarise is not None:
         kept = pooled(args.summarise)
+        summary = summarise(kept)
         if args.markdown:
-            print(markdown(summarise(kept), kept))
+            print(markdown(summary))
         else:
-            print(json.dumps({"summary": summarise(kept), "trials": kept}, indent=2))
+            print(json.dumps({"summary": summary, "trials": kept}, indent=2))
         return
     configs = [config for config in CONFIGS if config in args.configs.split(",")]
     if "noop" not in configs:
