@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,15 +66,16 @@ def test_demo_totals_match_the_stored_events(shape: str) -> None:
     assert {row["subject"] for row in report["usage"]} == {"alice", "bob", "carol"}
 
 
-def test_demo_prints_a_table_and_the_check() -> None:
+def test_demo_prints_a_table_and_the_check(tmp_path: Path) -> None:
     result = subprocess.run(
         [*CLI, "demo", "--calls", "8"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
+        env={**os.environ, "COLUMNS": "120", "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("litellm-openmeter-demo-*")), "the demo left its folder"
     assert "Usage per subject and model" in result.stdout
     assert "0 lost, 0 duplicated" in result.stdout
     assert "calls made: 8 (7 succeeded, 1 failed, 1 without a user)" in result.stdout
@@ -102,7 +104,7 @@ def _tgkill() -> Any:
 
 @pytest.mark.skipif(_tgkill() is None, reason="needs Linux with glibc's tgkill")
 @pytest.mark.parametrize("inherited", ["default", "ignored"])
-def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str) -> None:
+def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str, tmp_path: Path) -> None:
     """The kernel may hand a process's SIGINT to any of its threads; the demo must stop
     even when one of LiteLLM's threads, not the main one, receives it, and also when it
     was started with SIGINT ignored (in the background of a shell script)."""
@@ -114,6 +116,7 @@ def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         assert process.stdout is not None
@@ -128,3 +131,4 @@ def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str) -> N
             process.kill()
             process.communicate()
     assert process.returncode == 130, errors
+    assert not list(tmp_path.glob("litellm-openmeter-demo-*")), "the demo left its folder"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -261,8 +262,8 @@ def run_demo(
             _print(out, outcome, logger.dead_letters())
         if keep and not as_json:
             out.print(
-                f"\nThe server keeps running at [bold]{server.url}[/] (data in {folder}); "
-                "press Ctrl-C to stop."
+                f"\nThe server keeps running at [bold]{server.url}[/] (data in {folder}, "
+                "removed when it stops); press Ctrl-C to stop."
             )
         if keep:
             _wait_for_interrupt()
@@ -273,6 +274,9 @@ def run_demo(
         logger.close(timeout=1)
         if not keep:
             server.stop()
+        # The server's database and the outbox are the demo's alone: nothing to keep
+        # once it ends (with --keep, once Ctrl-C ended it).
+        shutil.rmtree(folder, ignore_errors=True)
     return outcome
 
 
