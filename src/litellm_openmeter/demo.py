@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -206,14 +205,23 @@ def run_demo(
     console: Console | None = None,
     as_json: bool = False,
 ) -> Outcome:
-    """Run the demo end to end; returns what it measured (and prints it)."""
+    """Run the demo end to end; returns what it measured (and prints it). The server's
+    database and the outbox live in a temporary folder, removed when the demo ends
+    (with ``keep``, once Ctrl-C ended it)."""
+    with tempfile.TemporaryDirectory(
+        prefix="litellm-openmeter-demo-", ignore_cleanup_errors=True
+    ) as folder:
+        return _run_in(Path(folder), calls, shape, keep, console or Console(), as_json)
+
+
+def _run_in(
+    folder: Path, calls: int, shape: str, keep: bool, out: Console, as_json: bool
+) -> Outcome:
     import litellm
 
     from .logger import OpenMeterLogger
     from .server import BackgroundServer, open_store
 
-    out = console or Console()
-    folder = Path(tempfile.mkdtemp(prefix="litellm-openmeter-demo-"))
     server = BackgroundServer(open_store(folder / "server.sqlite3")).start()
     outcome = Outcome(server_url=server.url)
     event_type = "prompt" if shape == "tokens" else "litellm_tokens"
@@ -274,9 +282,6 @@ def run_demo(
         logger.close(timeout=1)
         if not keep:
             server.stop()
-        # The server's database and the outbox are the demo's alone: nothing to keep
-        # once it ends (with --keep, once Ctrl-C ended it).
-        shutil.rmtree(folder, ignore_errors=True)
     return outcome
 
 
