@@ -117,16 +117,22 @@ def stat_cpu(stat: Path) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-Usage = tuple[float, float | None, dict[str, tuple[float, int, int]]]
+ThreadUsage = tuple[float, int, int, int, int]
+"""A thread's CPU seconds (from ``stat``: counted in clock ticks), context switches,
+preemptions, and from ``schedstat`` (exact, nanoseconds) its time on a core and its time
+waiting for one."""
+
+Usage = tuple[float, float | None, dict[str, ThreadUsage]]
 """CPU seconds so far of this process and of ours' delivery process, and
 ``thread_usage``."""
 
 
-def thread_usage() -> dict[str, tuple[float, int, int]]:
-    """CPU seconds, context switches and preemptions (involuntary switches: another
-    task took the core) so far of every live thread, by thread name (Linux /proc; empty
-    elsewhere). Names are made unique with their native id."""
-    usage: dict[str, tuple[float, int, int]] = {}
+def thread_usage() -> dict[str, ThreadUsage]:
+    """CPU seconds, context switches, preemptions (involuntary switches: another task
+    took the core), and nanoseconds on a core and waiting for one (runnable, in the run
+    queue) so far of every live thread, by thread name (Linux /proc; empty elsewhere).
+    Names are made unique with their native id."""
+    usage: dict[str, ThreadUsage] = {}
     for thread in threading.enumerate():
         task = Path(f"/proc/self/task/{thread.native_id}")
         cpu = stat_cpu(task / "stat")
@@ -134,29 +140,31 @@ def thread_usage() -> dict[str, tuple[float, int, int]]:
             continue
         try:
             status = (task / "status").read_text().splitlines()
-        except OSError:  # it ended between the two reads
+            ran, waited = (int(value) for value in (task / "schedstat").read_text().split()[:2])
+        except (OSError, ValueError):  # it ended between the reads, or no schedstats
             continue
         switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
         preempted = sum(
             int(line.split()[1]) for line in status if line.startswith("nonvoluntary_ctxt")
         )
         name = thread.name.split("-")[0] if thread.name.startswith("ThreadPool") else thread.name
-        usage[f"{name}#{thread.native_id}"] = (cpu, switches, preempted)
+        usage[f"{name}#{thread.native_id}"] = (cpu, switches, preempted, ran, waited)
     return usage
 
 
-def per_thread(
-    before: dict[str, tuple[float, int, int]], calls: int
-) -> dict[str, dict[str, float]]:
-    """Per call, for each thread: CPU microseconds, context switches and preemptions
-    since ``before``."""
+def per_thread(before: dict[str, ThreadUsage], calls: int) -> dict[str, dict[str, float]]:
+    """Per call, for each thread since ``before``: CPU microseconds (``cpu_us`` from
+    clock ticks, ``run_us`` exact), microseconds spent runnable but waiting for a core
+    (``wait_us``), context switches and preemptions."""
     result = {}
-    for key, (cpu, switches, preempted) in thread_usage().items():
-        cpu0, switches0, preempted0 = before.get(key, (0.0, 0, 0))
-        if cpu - cpu0 <= 0 and switches - switches0 <= 0:
+    for key, (cpu, switches, preempted, ran, waited) in thread_usage().items():
+        cpu0, switches0, preempted0, ran0, waited0 = before.get(key, (0.0, 0, 0, 0, 0))
+        if ran - ran0 <= 0 and switches - switches0 <= 0:
             continue
         result[key.rsplit("#", 1)[0] + "#" + key.rsplit("#", 1)[1][-4:]] = {
             "cpu_us": round((cpu - cpu0) / calls * 1e6, 1),
+            "run_us": round((ran - ran0) / calls / 1e3, 1),
+            "wait_us": round((waited - waited0) / calls / 1e3, 1),
             "switches": round((switches - switches0) / calls, 2),
             "preempted": round((preempted - preempted0) / calls, 3),
         }
