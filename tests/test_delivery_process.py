@@ -5,8 +5,10 @@ a thread where no child can be started."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import hook_kwargs, wait_for
+from conftest import cloud_event, hook_kwargs, wait_for
 from ingest_server import RecordingServer
 
 
@@ -145,6 +147,61 @@ def test_calls_a_killed_delivery_process_never_stored_are_stored_once(
         expected += ["later-0", "later-1"]
     assert ids == sorted(expected)
     assert logger.stats()["enqueued"] == len(expected)
+
+
+def test_the_child_confirms_stored_batches_together_and_at_once_when_asked(
+    tmp_path: Path, ingest: RecordingServer
+) -> None:
+    """Each confirmation wakes a thread of LiteLLM's process, so the child confirms
+    the batches stored in a while at once: the highest number stored and how many of
+    their events were new. Asked (``ack``), it confirms what it stored without delay."""
+    from litellm_openmeter.delivery import settings_message, start_child
+    from litellm_openmeter.settings import Settings
+
+    settings = Settings.from_env(
+        {}, api_key="test-key", endpoint=ingest.url, outbox_path=tmp_path / "outbox.sqlite3"
+    )
+    child = start_child()
+    assert child.stdin is not None and child.stdout is not None
+    told: list[dict[str, Any]] = []
+
+    def send(*messages: dict[str, Any]) -> None:
+        assert child.stdin is not None
+        child.stdin.write(b"".join(json.dumps(message).encode() + b"\n" for message in messages))
+        child.stdin.flush()
+
+    pending = b""
+
+    def read_until(done: Any) -> None:
+        # From the descriptor: a buffered reader keeps lines where select cannot see them.
+        nonlocal pending
+        assert child.stdout is not None
+        while not done():
+            ready, _, _ = select.select([child.stdout.fileno()], [], [], 30)
+            assert ready, f"the child said nothing more within 30 s after {told}"
+            chunk = os.read(child.stdout.fileno(), 1 << 16)
+            assert chunk, f"the child exited after {told}"
+            *lines, pending = (pending + chunk).split(b"\n")
+            told.extend(json.loads(line) for line in lines)
+
+    try:
+        send({"settings": settings_message(settings), "log_level": logging.WARNING})
+        read_until(lambda: {"ready": True} in told)
+        # Five batches, the last two with an event stored before: idempotent, not new.
+        batches = [[[cloud_event(f"batch-{number}", "acme", {"tokens": 1})]] for number in range(4)]
+        batches.append(batches[0] + batches[1])
+        send(*({"store": number, "entries": entries} for number, entries in enumerate(batches, 1)))
+        send({"ack": True})
+        read_until(lambda: any(message.get("stored") == 5 for message in told))
+        stored = [message for message in told if "stored" in message]
+        numbers = [message["stored"] for message in stored]
+        assert numbers == sorted(numbers) and len(numbers) < 5, stored
+        assert sum(message["added"] for message in stored) == 4
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(30)
+        child.stdout.close()
 
 
 def test_closing_the_logger_ends_its_delivery_process(

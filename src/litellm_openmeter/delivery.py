@@ -9,13 +9,16 @@ builds their events, stores them in the outbox and runs the sender.
 
 The parent talks to the child through two pipes of JSON lines: settings (or a
 ``probe``, which the child answers and exits: ``doctor`` checks so that it starts), then
-``store`` (a batch of the writer's calls and entries, numbered), ``wake``, ``flush`` and
-``stop`` down the child's stdin; ``stored`` (the batch is committed, and how many of
-its events were new), log records and pause changes up its stdout, which the parent
-logs through its own ``litellm_openmeter`` logger, so that the user's logging
-configuration applies to them. Batches stay with the parent until the child confirms
-them: those a dead child never confirmed go to its successor or are built and stored
-by the parent, and storing is idempotent, so none is lost or stored twice. When the parent
+``store`` (a batch of the writer's calls and entries, numbered), ``wake``, ``flush``,
+``ack`` and ``stop`` down the child's stdin; ``stored`` (every batch up to this number
+is committed, and how many of their events were new), log records and pause changes
+up its stdout, which the parent logs through its own ``litellm_openmeter`` logger, so
+that the user's logging configuration applies to them. Batches stay with the parent
+until the child confirms them: those a dead child never confirmed go to its successor
+or are built and stored by the parent, and storing is idempotent, so none is lost or
+stored twice. The child confirms at most once every ``ACK_INTERVAL`` unless the parent
+asks (``ack``, ``flush``, ``stop``): each confirmation wakes a thread of LiteLLM's
+process, which then waits for the GIL and takes it from LiteLLM's own threads. When the parent
 goes away (closes the logger, exits, or is killed) the child reads its stdin to the
 end, storing what is there, sends what it can within ``shutdown_timeout`` and exits;
 what is left waits in the outbox for the next process.
@@ -58,6 +61,10 @@ entries itself (a child that reads nothing for that long is stuck)."""
 PIPE_BYTES = 1 << 20
 """The pipe to the child is enlarged to this (when the system allows) so that a
 commit's worth of entries fits in it at once."""
+ACK_INTERVAL = 1.0
+"""How long the child may hold back its confirmation of stored batches (unless the
+parent asks for it): one wake-up of the parent's listening thread a second instead of
+one per batch."""
 NICENESS = 10
 """How much the child lowers its CPU priority: where cores are scarce, LiteLLM's own
 threads come first, and the child still gets about a tenth of a busy core (some 1,300
@@ -67,24 +74,21 @@ Stored = Callable[[Entry], None]
 
 
 class _Batch:
-    """Entries and calls (what the writer's ``prepare`` takes, with its JSON) relayed
-    together, kept until the child says it stored them."""
+    """Entries and calls (as JSON) relayed together, kept until the child says it
+    stored them. Only the calls' JSON is kept (bytes, which the garbage collector does
+    not track): a batch may wait a second for its confirmation."""
 
-    __slots__ = ("calls", "entries")
+    __slots__ = ("entries", "forms")
 
-    def __init__(self, entries: Sequence[Entry], calls: Sequence[tuple[Any, bytes]] = ()) -> None:
+    def __init__(self, entries: Sequence[Entry], forms: Sequence[bytes] = ()) -> None:
         self.entries = entries
-        self.calls = calls
+        self.forms = forms
 
     @property
     def items(self) -> list[Any]:
-        """The calls as the writer had them, to build their entries here."""
-        return [item for item, _ in self.calls]
-
-    @property
-    def forms(self) -> list[bytes]:
-        """The calls as JSON, for the child."""
-        return [form for _, form in self.calls]
+        """The calls parsed back, for the writer's ``prepare`` to build their entries
+        here (it takes a call's parsed JSON as it takes the call)."""
+        return [orjson.loads(form) for form in self.forms]
 
 
 def settings_message(settings: Settings) -> dict[str, Any]:
@@ -358,16 +362,17 @@ class DeliveryProcess:
         ``building.call_json``), whose events the child builds and stores; returns
         the entries and the calls the caller must store itself: all of them, and any
         the child took but never acknowledged, when no child runs. The child
-        acknowledges each batch once committed; a batch that a dead child never
-        acknowledged goes again to the next one (storing is idempotent: an event
-        already stored is not stored twice)."""
+        acknowledges the batches once committed (all up to a number, in a while: see
+        ``ACK_INTERVAL``); a batch that a dead child never acknowledged goes again to
+        the next one (storing is idempotent: an event already stored is not stored
+        twice)."""
         self.ensure_started()
-        batch = _Batch(entries, calls)
+        batch = _Batch(entries, [form for _, form in calls])
         with self._relayed:
             process = self._taking()
             if process is None:
                 back = self._take_unacked_locked()
-                return [*back.entries, *entries], [*back.items, *batch.items]
+                return [*back.entries, *entries], [*back.items, *(item for item, _ in calls)]
             resend = self._unacked_by is not process
             self._unacked_by = process
             number = next(self._numbers)
@@ -385,16 +390,23 @@ class DeliveryProcess:
         """Wait until the child acknowledged every entry relayed so far; entries a dead
         child left are stored here. False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._relayed:
-            while self._unacked:
-                if self._taking() is None:
+        while True:
+            with self._relayed:
+                if not self._unacked:
+                    return True
+                process = self._taking()
+                if process is None:
                     self._store_here(self._take_unacked_locked())
-                    break
+                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._relayed.wait(min(remaining, 0.05))
-        return True
+            # Now rather than within ACK_INTERVAL (outside the lock: a batch being
+            # written to the child holds the pipe).
+            self._send(process, {"ack": True})
+            with self._relayed:
+                if self._unacked:
+                    self._relayed.wait(min(remaining, 0.05))
 
     def _taking(self) -> subprocess.Popen[bytes] | None:
         """The child, if it runs and takes batches."""
@@ -434,8 +446,10 @@ class DeliveryProcess:
         return True
 
     def _acknowledged(self, number: int, added: int) -> None:
+        """The child stored every batch up to ``number`` (it stores them in order)."""
         with self._relayed:
-            self._unacked.pop(number, None)
+            for stored in [key for key in self._unacked if key <= number]:
+                del self._unacked[stored]
             self._relayed.notify_all()
         if self._on_relayed is not None:
             self._on_relayed(added)
@@ -450,7 +464,7 @@ class DeliveryProcess:
         self._relayed.notify_all()
         return _Batch(
             [entry for batch in batches for entry in batch.entries],
-            [call for batch in batches for call in batch.calls],
+            [form for batch in batches for form in batch.forms],
         )
 
     def _store_here(self, batch: _Batch) -> None:
@@ -526,9 +540,42 @@ class _Commands:
         return lines
 
 
-def _store(outbox: Outbox, builder: CallBuilder, command: dict[str, Any], parent: _Parent) -> int:
+class _Acks:
+    """The child's confirmations of stored batches: cumulative (the highest number
+    stored, and how many new events since the last confirmation), sent at once when
+    ``ACK_INTERVAL`` has passed since the last one or when the parent asks."""
+
+    def __init__(self, parent: _Parent) -> None:
+        self._parent = parent
+        self._number: int | None = None
+        self._added = 0
+        self._told_at = -ACK_INTERVAL
+
+    def stored(self, number: int, added: int) -> None:
+        """A batch is committed; confirm it if the last confirmation is old enough."""
+        self._number = number
+        self._added += added
+        self.tell(due_only=True)
+
+    def due_in(self) -> float | None:
+        """Seconds until a held-back confirmation is due, or None when none waits."""
+        if self._number is None:
+            return None
+        return max(0.0, self._told_at + ACK_INTERVAL - time.monotonic())
+
+    def tell(self, due_only: bool = False) -> None:
+        """Confirm what is stored and not yet confirmed (with ``due_only``, only when
+        ``ACK_INTERVAL`` has passed since the last confirmation)."""
+        if self._number is None or (due_only and self.due_in()):
+            return
+        self._parent.tell({"stored": self._number, "added": self._added})
+        self._number, self._added = None, 0
+        self._told_at = time.monotonic()
+
+
+def _store(outbox: Outbox, builder: CallBuilder, command: dict[str, Any], acks: _Acks) -> int:
     """Build the events of the calls the parent relayed, store them with its entries
-    and acknowledge the batch; returns how many were new."""
+    and acknowledge the batch (maybe later, see ``_Acks``); returns how many were new."""
     entries = [Entry(events) for events in command["entries"]]
     for form in command.get("calls", ()):
         built = builder.build(form)  # never raises: what it cannot build, it keeps
@@ -539,7 +586,7 @@ def _store(outbox: Outbox, builder: CallBuilder, command: dict[str, Any], parent
         if entry.refused:
             log.error("litellm-openmeter: %s", entry.refusal_report())
     added = sum(entry.added for entry in entries)
-    parent.tell({"stored": command["store"], "added": added})
+    acks.stored(int(command["store"]), added)
     return added
 
 
@@ -583,6 +630,7 @@ def main() -> None:
     sender.prepare()
     sender.ensure_started()
     parent.tell({"ready": True})
+    acks = _Acks(parent)
     stopping = False
     since_wake = 0
     while not stopping and not commands.closed:
@@ -592,16 +640,24 @@ def main() -> None:
             except orjson.JSONDecodeError:  # a batch the parent gave up writing
                 continue
             if "store" in command:
-                since_wake += _store(outbox, builder, command, parent)
+                since_wake += _store(outbox, builder, command, acks)
                 if since_wake >= settings.batch_size:
                     since_wake = 0
                     sender.wake()
             if "wake" in command:
                 sender.wake()
             if "flush" in command:
+                acks.tell()
                 sender.request_flush(float(command["flush"]))
+            if "ack" in command:
+                acks.tell()
             stopping = stopping or bool(command.get("stop"))
-        lines = commands.read(0.25) if not stopping else []
+        if stopping:
+            acks.tell()
+            break
+        due = acks.due_in()
+        lines = commands.read(0.25 if due is None else min(0.25, due))
+        acks.tell(due_only=True)
     if stopping:  # the parent flushed already and is closing
         sender.stop(timeout=settings.http_timeout)
         outbox.close()
