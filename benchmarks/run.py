@@ -23,7 +23,7 @@ RESULTS = HERE / "results"
 
 FULL = {
     # First: how steady the machine is says how far the comparison can be trusted.
-    "machine": ["--seconds", "30"],
+    "steadiness": ["--seconds", "30"],
     "server": ["--events", "200000", "--query-events", "1000000"],
     "delivery": ["--hooks", "20000", "--drain", "200000", "--backlog", "1000000"],
     # Turns of 100 calls within a round cancel the machine's drift; rounds repeat it
@@ -34,7 +34,7 @@ FULL = {
     "hook": ["--calls", "1500", "--repeat", "4"],
 }
 QUICK = {
-    "machine": ["--seconds", "3"],
+    "steadiness": ["--seconds", "3"],
     "server": ["--events", "5000", "--query-events", "20000"],
     "delivery": ["--hooks", "2000", "--drain", "5000", "--backlog", "20000"],
     "compare": ["--calls", "200", "--rounds", "1", "--sink-idle"],

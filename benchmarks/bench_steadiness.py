@@ -1,4 +1,4 @@
-"""How steady is this machine? usage: bench_machine.py [--seconds N] [--unit-loops N]
+"""How steady is this machine? usage: bench_steadiness.py [--seconds N] [--unit-loops N]
 
 One process per core, pinned to it, all at once, each running the same small
 pure-Python unit of work over and over for ``--seconds`` and timing every unit. For
