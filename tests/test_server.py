@@ -557,6 +557,81 @@ def test_query_windows_groups_and_filters(client: httpx.Client) -> None:
     assert [r["value"] for r in query(client, slug, **{"to": "2026-11-20T10:00:59Z"})] == [10.0]
 
 
+def test_advanced_group_by_filters(client: httpx.Client) -> None:
+    """OpenMeter's advancedMeterGroupByFilters, by query string (JSON) and in a POSTed
+    query: one operator per filter, $and/$or to combine, an event without the key
+    compares as "" (as in OpenMeter), LIKE case-sensitive and ILIKE not."""
+    models = {"1": "gpt-4o", "2": "gpt-4o-mini", "3": "GPT-5", "4": "claude_3%", "5": None}
+    post(
+        client,
+        [
+            at(number, "2026-11-20T10:00:00Z", prompt_tokens=int(number), model=model)
+            for number, model in models.items()
+        ],
+        BATCH,
+    )
+    slug = "litellm_tokens_prompt_tokens"
+
+    def total(filters: dict[str, Any], key: str = "model") -> float:
+        to = "2026-11-21T00:00:00Z"  # not now: the same windows both ways
+        by_get = query(client, slug, to=to, advancedMeterGroupByFilters=json.dumps({key: filters}))
+        posted = client.post(
+            f"/api/v1/meters/{slug}/query",
+            json={"to": to, "advancedMeterGroupByFilters": {key: filters}},
+        )
+        assert posted.status_code == 200, posted.text
+        assert posted.json()["data"] == by_get
+        return float(sum(row["value"] for row in by_get))
+
+    assert total({}) == 15
+    assert total({"$eq": "gpt-4o"}) == 1
+    assert total({"$ne": "gpt-4o"}) == 14
+    assert total({"$eq": ""}) == 5  # the event without a model
+    assert total({"$in": ["gpt-4o", "GPT-5"]}) == 4
+    assert total({"$nin": ["gpt-4o", "GPT-5"]}) == 11
+    assert total({"$in": []}) == 0 and total({"$nin": []}) == 15
+    assert total({"$like": "gpt-%"}) == 3
+    assert total({"$ilike": "gpt-%"}) == 6
+    assert total({"$nlike": "gpt-%"}) == 12
+    assert total({"$nilike": "gpt-%"}) == 9
+    assert total({"$like": "gpt-4o_mini"}) == 2
+    assert total({"$like": "claude\\_3\\%"}) == 4  # escaped: literal _ and %
+    assert total({"$like": "claude\\_3\\%x"}) == 0
+    assert total({"$gt": "gpt-4o"}) == 2 and total({"$gte": "gpt-4o"}) == 3
+    assert total({"$lt": "GPT-5"}) == 5 and total({"$lte": "GPT-5"}) == 8
+    assert total({"$and": [{"$like": "gpt%"}, {"$ne": "gpt-4o"}]}) == 2
+    assert total({"$or": [{"$eq": "GPT-5"}, {"$and": [{"$ilike": "CLAUDE%"}]}]}) == 7
+    assert total({"$eq": "nobody"}, key="provider") == 0
+    minutes = query(  # from the facts, not the rollups: the same filter, the same rows
+        client,
+        slug,
+        windowSize="MINUTE",
+        advancedMeterGroupByFilters=json.dumps(
+            {"model": {"$or": [{"$eq": ""}, {"$ilike": "g%5"}]}}
+        ),
+    )
+    assert [row["value"] for row in minutes] == [8.0]
+    assert total({"$eq": ""}, key="provider") == 15
+
+    url = f"/api/v1/meters/{slug}/query"
+    for filters, word in (
+        ({"colour": {"$eq": "red"}}, "colour"),
+        ({"model": {"$eq": "gpt-4o", "$ne": "x"}}, "exactly one operator"),
+        ({"model": {"$regex": "gpt"}}, "$regex"),
+        ({"model": {"$in": "gpt-4o"}}, "array of strings"),
+        ({"model": {"$eq": 4}}, "must be a string"),
+        ({"model": {"$and": []}}, "non-empty array"),
+        ({"model": {"$or": [{"$eq": "a"}, "b"]}}, "$or[1]"),
+        ({"model": "gpt-4o"}, "one of"),
+        (["model"], "object"),
+    ):
+        assert_problem(
+            client.get(url, params={"advancedMeterGroupByFilters": json.dumps(filters)}), 400, word
+        )
+        assert_problem(client.post(url, json={"advancedMeterGroupByFilters": filters}), 400, word)
+    assert_problem(client.get(url, params={"advancedMeterGroupByFilters": "{model"}), 400, "JSON")
+
+
 def test_aggregations(client: httpx.Client) -> None:
     client.post(
         "/api/v1/meters",

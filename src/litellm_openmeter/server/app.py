@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..meters import MeterError, meter_from_json
+from .filters import check_filters
 from .ingest import IngestError, parse_body
 from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
 from .windows import WINDOW_SIZES, zone
@@ -287,6 +288,10 @@ def _check_query(query: Query, stored: StoredMeter) -> Query:
     return query
 
 
+def _advanced_filters(raw: object, stored: StoredMeter) -> dict[str, dict[str, Any]]:
+    return check_filters(raw, set(stored.meter.group_by), stored.meter.slug)
+
+
 def _query_from_params(request: Request, stored: StoredMeter) -> Query:
     params = request.query_params
     filters: dict[str, list[str]] = {}
@@ -294,6 +299,15 @@ def _query_from_params(request: Request, stored: StoredMeter) -> Query:
         match = _FILTER_PARAM.match(name)
         if match:
             filters.setdefault(match.group(1), []).append(value)
+    advanced: object = None
+    if params.get("advancedMeterGroupByFilters"):
+        try:
+            advanced = json.loads(params["advancedMeterGroupByFilters"])
+        except ValueError as exc:
+            raise ValueError(
+                "advancedMeterGroupByFilters: must be JSON, for example "
+                '{"model":{"$in":["gpt-4o"]}} (URL-encoded)'
+            ) from exc
     return _check_query(
         Query(
             start=seconds(params.get("from"), "from"),
@@ -303,6 +317,7 @@ def _query_from_params(request: Request, stored: StoredMeter) -> Query:
             subjects=params.getlist("subject"),
             group_by=params.getlist("groupBy"),
             filter_group_by=filters,
+            advanced_filters=_advanced_filters(advanced, stored),
         ),
         stored,
     )
@@ -320,10 +335,6 @@ def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
     filters_raw = body.get("filterGroupBy") or {}
     if not isinstance(filters_raw, dict):
         raise ValueError("filterGroupBy: must be an object of key -> array of strings")
-    if body.get("advancedMeterGroupByFilters"):
-        raise ValueError(
-            "advancedMeterGroupByFilters is not supported by the local server; use filterGroupBy"
-        )
     if body.get("filterCustomerId"):
         raise ValueError("filterCustomerId is not supported by the local server (no customers)")
     window = body.get("windowSize")
@@ -347,6 +358,7 @@ def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
             filter_group_by={
                 str(k): _strings(v, f"filterGroupBy.{k}") for k, v in filters_raw.items()
             },
+            advanced_filters=_advanced_filters(body.get("advancedMeterGroupByFilters"), stored),
         ),
         stored,
     )

@@ -41,6 +41,7 @@ from ..meters import (
     unique_text,
     value_error,
 )
+from .filters import LIKE_FUNCTION, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
 
@@ -125,6 +126,8 @@ class Query:
     subjects: list[str] = field(default_factory=list)
     group_by: list[str] = field(default_factory=list)
     filter_group_by: dict[str, list[str]] = field(default_factory=dict)
+    advanced_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``advancedMeterGroupByFilters``, checked (see ``filters.check_filters``)."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,7 @@ class Store:
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only=1")
+            conn.create_function(LIKE_FUNCTION, 3, like, deterministic=True)
             self._local.conn = conn
         return conn
 
@@ -771,6 +775,13 @@ class Store:
         for key, values in query.filter_group_by.items():
             filters.append(f"{group_cols[key]} IN ({','.join('?' * len(values))})")
             filter_params += values
+        for key, checked in query.advanced_filters.items():
+            # A missing value is NULL in the facts and _NO_GROUP in the rollups; OpenMeter
+            # reads it as "".
+            value = f"COALESCE(NULLIF({group_cols[key]}, char(0)), '')"
+            condition, params = filter_sql(value, checked)
+            filters.append(condition)
+            filter_params += params
 
         # The data's time span, through the time index (for the zone's offsets).
         span_where = _where(time_clauses)
