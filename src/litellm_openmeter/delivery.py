@@ -646,11 +646,10 @@ def main() -> None:
                     sender.wake()
             if "wake" in command:
                 sender.wake()
+            if "ack" in command or "flush" in command:
+                acks.tell()
             if "flush" in command:
-                acks.tell()
                 sender.request_flush(float(command["flush"]))
-            if "ack" in command:
-                acks.tell()
             stopping = stopping or bool(command.get("stop"))
         if stopping:
             acks.tell()

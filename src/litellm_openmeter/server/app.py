@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..meters import MeterError, meter_from_json
-from .filters import check_filters
+from .filters import Filter, check_filters
 from .ingest import IngestError, parse_body
 from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
 from .windows import WINDOW_SIZES, zone
@@ -288,7 +288,7 @@ def _check_query(query: Query, stored: StoredMeter) -> Query:
     return query
 
 
-def _advanced_filters(raw: object, stored: StoredMeter) -> dict[str, dict[str, Any]]:
+def _advanced_filters(raw: object, stored: StoredMeter) -> dict[str, Filter]:
     return check_filters(raw, set(stored.meter.group_by), stored.meter.slug)
 
 

@@ -25,13 +25,22 @@ MAX_DEPTH = 8
 
 _COMPARE = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _LISTS = {"$in": "IN", "$nin": "NOT IN"}
-_LIKES = {"$like": (False, False), "$nlike": (True, False), "$ilike": (False, True)}
-_LIKES["$nilike"] = (True, True)
+# operator -> (negated, case folded)
+_LIKES = {
+    "$like": (False, False),
+    "$nlike": (True, False),
+    "$ilike": (False, True),
+    "$nilike": (True, True),
+}
 _LOGIC = {"$and": "AND", "$or": "OR"}
 OPERATORS = (*_COMPARE, *_LISTS, *_LIKES, *_LOGIC)
 
+Filter = tuple[str, Any]
+"""A checked filter: its one operator and operand (for ``$and`` and ``$or``, a list of
+filters)."""
 
-def check_filters(raw: object, keys: set[str], meter: str) -> dict[str, dict[str, Any]]:
+
+def check_filters(raw: object, keys: set[str], meter: str) -> dict[str, Filter]:
     """``advancedMeterGroupByFilters`` as given (an object of groupBy key -> filter),
     checked; raises ValueError saying what is wrong. Empty filters are left out."""
     name = "advancedMeterGroupByFilters"
@@ -39,7 +48,7 @@ def check_filters(raw: object, keys: set[str], meter: str) -> dict[str, dict[str
         return {}
     if not isinstance(raw, Mapping):
         raise ValueError(f"{name}: must be an object of groupBy key -> filter")
-    checked: dict[str, dict[str, Any]] = {}
+    checked: dict[str, Filter] = {}
     for key, value in raw.items():
         if key not in keys:
             known = ", ".join(sorted(keys)) or "none"
@@ -48,12 +57,11 @@ def check_filters(raw: object, keys: set[str], meter: str) -> dict[str, dict[str
             )
         if value is None or value == {}:
             continue
-        _check(value, f"{name}.{key}", 1)
-        checked[str(key)] = dict(value)
+        checked[str(key)] = _check(value, f"{name}.{key}", 1)
     return checked
 
 
-def _check(value: object, where: str, depth: int) -> None:
+def _check(value: object, where: str, depth: int) -> Filter:
     if not isinstance(value, Mapping):
         raise ValueError(f"{where}: must be an object with one of {', '.join(OPERATORS)}")
     present = [(operator, operand) for operator, operand in value.items() if operand is not None]
@@ -77,16 +85,19 @@ def _check(value: object, where: str, depth: int) -> None:
             raise ValueError(f"{where}.{operator}: must be a non-empty array of filters")
         if depth >= MAX_DEPTH:
             raise ValueError(f"{where}: $and and $or nest at most {MAX_DEPTH} deep")
-        for index, child in enumerate(operand):
+        return operator, [
             _check(child, f"{where}.{operator}[{index}]", depth + 1)
+            for index, child in enumerate(operand)
+        ]
     elif not isinstance(operand, str):
         raise ValueError(f"{where}.{operator}: must be a string")
+    return operator, operand
 
 
-def filter_sql(value: str, checked: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def filter_sql(value: str, checked: Filter) -> tuple[str, list[Any]]:
     """A checked filter as a SQL condition and its parameters; ``value`` is the SQL
     expression of the key's value (``""`` where the event has none)."""
-    (operator, operand), *_ = ((k, v) for k, v in checked.items() if v is not None)
+    operator, operand = checked
     if operator in _COMPARE:
         return f"{value} {_COMPARE[operator]} ?", [operand]
     if operator in _LISTS:

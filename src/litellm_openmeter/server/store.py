@@ -41,7 +41,7 @@ from ..meters import (
     unique_text,
     value_error,
 )
-from .filters import LIKE_FUNCTION, filter_sql, like
+from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
 
@@ -126,7 +126,7 @@ class Query:
     subjects: list[str] = field(default_factory=list)
     group_by: list[str] = field(default_factory=list)
     filter_group_by: dict[str, list[str]] = field(default_factory=dict)
-    advanced_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    advanced_filters: dict[str, Filter] = field(default_factory=dict)
     """``advancedMeterGroupByFilters``, checked (see ``filters.check_filters``)."""
 
 
@@ -772,10 +772,9 @@ class Store:
         if query.subjects:
             filters.append(f"subject IN ({','.join('?' * len(query.subjects))})")
             filter_params += query.subjects
-        for key, values in query.filter_group_by.items():
-            filters.append(f"{group_cols[key]} IN ({','.join('?' * len(values))})")
-            filter_params += values
-        for key, checked in query.advanced_filters.items():
+        # filterGroupBy is the simple form of advancedMeterGroupByFilters' $in.
+        conditions = [(key, ("$in", values)) for key, values in query.filter_group_by.items()]
+        for key, checked in [*conditions, *query.advanced_filters.items()]:
             # A missing value is NULL in the facts and _NO_GROUP in the rollups; OpenMeter
             # reads it as "".
             value = f"COALESCE(NULLIF({group_cols[key]}, char(0)), '')"
