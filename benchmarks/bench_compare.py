@@ -5,10 +5,14 @@ and ours, for sync and async mock completions, with the ingest endpoint healthy,
 Every trial is a fresh process (``compare_worker.py``). In a round, the processes of
 all configurations start together and call in turns of ``--block`` calls, in a
 shuffled order each cycle, until each made ``--calls``: the machine's speed changes
-from one second to the next (by 10-30 % here), and turns let every configuration meet
-the same moments. Rounds repeat that with new processes.
+from one moment to the next (by 10-30 % here, see ``bench_steadiness.py``), and short
+turns let every configuration meet the same moments. With ``--pin`` every worker runs
+on the same core (cores of a virtual machine can differ by half in speed), with all
+its threads and ours' delivery process: what ours does in the background then delays
+its own calls, as on a machine with no core to spare. Rounds repeat that with new
+processes.
 
-Run: python benchmarks/bench_compare.py [--calls 1000] [--block 100] [--rounds 6]
+Run: python benchmarks/bench_compare.py [--calls 1000] [--block 5] [--rounds 6] [--pin]
      [--configs noop,ours] [--modes async] [--states healthy]   (a subset)
      [--sink-idle]   (the endpoint under SCHED_IDLE, as if on another machine)
 Prints one JSON object: every trial, and per (mode, state, config) the medians over
@@ -65,13 +69,17 @@ def settle(url: str, expected: int, deadline: float) -> dict[str, Any]:
 class Worker:
     """One configuration's ``compare_worker.py`` process, driven turn by turn."""
 
-    def __init__(self, config: str, mode: str, port: int, block: int, folder: Path) -> None:
+    def __init__(
+        self, config: str, mode: str, port: int, block: int, folder: Path, core: int | None
+    ) -> None:
         self.config = config
         self.folder = folder / f"{config}-{mode}-{time.monotonic_ns()}"
         self.folder.mkdir()
         command = [sys.executable, str(HERE / "compare_worker.py"), config, mode]
         command += [f"http://127.0.0.1:{port}", str(block), str(self.folder)]
         env = dict(os.environ, PYTHONHASHSEED="0", LITELLM_LOCAL_MODEL_COST_MAP="True")
+        if core is not None:
+            env["BENCH_WORKER_CORE"] = str(core)
         with (self.folder / "stderr.txt").open("w") as errors:
             self.process = subprocess.Popen(
                 command,
@@ -115,6 +123,7 @@ def run_round(
     folder: Path,
     shuffle: Any,
     sink_idle: bool = False,
+    core: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every configuration in a fresh process, all at once, calling in turns of
     ``block`` calls (a shuffled order each cycle) until each made ``calls``."""
@@ -125,7 +134,7 @@ def run_round(
         urls = {}
         if delay is not None:
             urls = {c: sinks.enter_context(sink(delay, ports[c], sink_idle)) for c in senders}
-        workers = {c: Worker(c, mode, ports[c], block, folder) for c in configs}
+        workers = {c: Worker(c, mode, ports[c], block, folder, core) for c in configs}
         for worker in workers.values():
             if worker.hear() != "READY":
                 raise RuntimeError(f"worker {worker.config} did not start")
@@ -349,7 +358,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--block", type=int, default=100, help="calls per turn (sync and async)")
+    parser.add_argument("--block", type=int, default=5, help="calls per turn (sync and async)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
@@ -359,6 +368,14 @@ def main() -> None:
         action="store_true",
         help="run the endpoint under SCHED_IDLE (Linux): it takes only CPU time nothing "
         "else wants, as if it ran on another machine",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run every worker (its threads and ours' delivery process too) on the last "
+        "core, and this process and the endpoints on the others (Linux): each "
+        "configuration gets the same core, and ours' background work competes with its "
+        "own calls",
     )
     parser.add_argument(
         "--trials-file",
@@ -396,6 +413,11 @@ def main() -> None:
     args.trials_file.parent.mkdir(exist_ok=True)
     args.trials_file.write_text("")
     shuffle = random.Random(args.seed).shuffle
+    core = None
+    if args.pin and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        core = cores[-1]
+        os.sched_setaffinity(0, set(cores[:-1] or cores))  # the endpoints inherit it
     trials = []
     with tempfile.TemporaryDirectory() as name:
         for round_number in range(args.rounds):
@@ -406,11 +428,20 @@ def main() -> None:
                     # Throughput: one turn of all the calls each, 50 in flight.
                     block = args.calls if mode == "burst" else args.block
                     results = run_round(
-                        configs, mode, state, args.calls, block, Path(name), shuffle, args.sink_idle
+                        configs,
+                        mode,
+                        state,
+                        args.calls,
+                        block,
+                        Path(name),
+                        shuffle,
+                        args.sink_idle,
+                        core,
                     )
                     for result in results:
                         result["round"] = round_number
                         result["sink_idle"] = args.sink_idle
+                        result["pinned_core"] = core
                         trials.append(result)
                         with args.trials_file.open("a") as kept:
                             kept.write(json.dumps(result) + "\n")

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-WINDOWS_MS = (5, 30, 100, 300, 1000)
+WINDOWS_MS = (5, 10, 30, 100, 300, 1000)
 
 
 def unit(loops: int) -> int:

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+if os.environ.get("BENCH_WORKER_CORE") and hasattr(os, "sched_setaffinity"):
+    # Before any thread starts: every thread, and ours' delivery process, inherit it.
+    os.sched_setaffinity(0, {int(os.environ["BENCH_WORKER_CORE"])})
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
@@ -98,9 +101,13 @@ def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | No
     if config == "ours":
         from litellm_openmeter import OpenMeterLogger
 
-        return OpenMeterLogger(
+        logger = OpenMeterLogger(
             api_key="bench-key", endpoint=endpoint, outbox_path=folder / "outbox.sqlite3"
         )
+        # Its delivery process starts with the first stored call; start it now, so that
+        # the warm-up's calls reach it and measuring_starts() can wait for it.
+        logger.sender.ensure_started()
+        return logger
     raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
 
 
@@ -278,6 +285,10 @@ def main() -> None:
         writer = getattr(callback, "writer", None)
         if writer is not None:
             writer.drain(60)
+        sender = getattr(callback, "sender", None)
+        if sender is not None and hasattr(sender, "wait_relayed"):
+            # It confirms what it was handed only once it runs: then it has started.
+            sender.wait_relayed(60)
         hook_times.clear()
         hook_cpu.clear()
         return usage_now()
