@@ -10,9 +10,10 @@ taking it back can cost milliseconds), and many calls share one commit.
 While calls keep coming the writer works at most every ``COMMIT_INTERVAL`` seconds:
 each turn wakes a thread that then competes with LiteLLM's own for the GIL. A turn per
 call would cost every call a few percent of its latency; a turn per many calls costs
-a few calls a little each and leaves the median alone. An event is on disk within
-that interval of its hook (within about a millisecond after a quiet spell); a caller
-that waits for its entry (a proxy hold), ``drain`` and ``stop`` end the pause at once.
+a few calls a little each and leaves the median alone. The first call after a quiet
+spell waits that interval too, so a burst of calls shares one turn. An event is on
+disk within about that interval of its hook; a caller that waits for its entry (a
+proxy hold), ``drain`` and ``stop`` end the pause at once.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class Writer:
                 target=self._run, name=f"litellm-openmeter-writer-{os.getpid()}", daemon=True
             )
             self._alive = True
+            self._last_commit = time.monotonic()  # the first call waits like any other
             try:
                 self._thread.start()
             except BaseException:
@@ -212,11 +214,15 @@ class Writer:
         while True:
             try:
                 item = self._queue.get_nowait()
+                pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
             except queue.Empty:
                 if stopping:  # once stop() was asked, only what is already queued remains
                     return
                 item = self._queue.get()
-            pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
+                # The first call after a quiet spell waits for the calls after it: a
+                # burst then shares one turn, which runs after the burst rather than
+                # in the middle of its first call.
+                pause = COMMIT_INTERVAL
             if (
                 pause > 0
                 and not stopping
