@@ -250,7 +250,7 @@ class Writer:
             if not stopping and self._pending < MAX_ENTRIES_PER_COMMIT:
                 # Sleep the interval out here, not in get(): a hook's hand-over then
                 # wakes no thread while calls keep coming (one wake-up per turn, not
-                # two), and after a quiet spell get() returns at once.
+                # two); only the first call after a quiet spell wakes it.
                 self._urgent.wait(COMMIT_INTERVAL)
 
     def _store(self, batch: list[object]) -> None:
