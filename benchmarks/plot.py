@@ -70,7 +70,8 @@ def main() -> None:
     )
     right.set_xticks(positions, names, rotation=20, ha="right", fontsize=8)
     right.set_title("Throughput, 50 async calls in flight")
-    right.legend(fontsize=8)
+    right.set_ylim(0, max([*calls, *delivered, 1]) * 1.25)  # room for the legend above the bars
+    right.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
