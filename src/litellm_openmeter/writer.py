@@ -104,7 +104,6 @@ class Writer:
         it gives back are prepared here after all)."""
         self.submitted_later = 0
         """Items given to :meth:`submit_later` so far (a LiteLLM hook gives one each)."""
-        self._last_commit = 0.0
         self._fresh_thread_state()
         forksafe.track(self)
 
@@ -196,7 +195,6 @@ class Writer:
                 target=self._run, name=f"litellm-openmeter-writer-{os.getpid()}", daemon=True
             )
             self._alive = True
-            self._last_commit = time.monotonic()  # the first call waits like any other
             try:
                 self._thread.start()
             except BaseException:
@@ -211,18 +209,19 @@ class Writer:
 
     def _work(self) -> None:
         stopping = False
+        # An interval starts at a commit, or with the call that ends a quiet spell (the
+        # calls that started this thread end one): that call waits for the calls after
+        # it, and the burst shares one turn after it rather than one in its middle.
+        interval_start = time.monotonic()
         while True:
             try:
                 item = self._queue.get_nowait()
-                pause = self._last_commit + COMMIT_INTERVAL - time.monotonic()
             except queue.Empty:
                 if stopping:  # once stop() was asked, only what is already queued remains
                     return
                 item = self._queue.get()
-                # The first call after a quiet spell waits for the calls after it: a
-                # burst then shares one turn, which runs after the burst rather than
-                # in the middle of its first call.
-                pause = COMMIT_INTERVAL
+                interval_start = time.monotonic()
+            pause = interval_start + COMMIT_INTERVAL - time.monotonic()
             if (
                 pause > 0
                 and not stopping
@@ -246,7 +245,7 @@ class Writer:
                     break
             if batch:
                 self._store(batch)
-                self._last_commit = time.monotonic()
+                interval_start = time.monotonic()
             if not stopping and self._pending < MAX_ENTRIES_PER_COMMIT:
                 # Sleep the interval out here, not in get(): a hook's hand-over then
                 # wakes no thread while calls keep coming (one wake-up per turn, not
