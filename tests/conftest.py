@@ -129,10 +129,16 @@ def free_port() -> int:
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ALL_TIME = {"from": "1970-01-01T00:00:00Z"}
+"""An explicit period for listing events: events built from recorded hook arguments
+carry the recording's time (``endTime`` in the fixture), which the server's default
+period for ``GET /api/v1/events`` (the last 72 hours) leaves out once it is old."""
 
 
 def hook_kwargs(call_id: str, user: str = "user-1") -> dict[str, Any]:
-    """Recorded LiteLLM hook arguments of one call, with a new call id and user."""
+    """Recorded LiteLLM hook arguments of one call, with a new call id and user. Its
+    event's time is the recording's (2026-11-26T22:52:50Z): list such events with an
+    explicit period (``ALL_TIME``)."""
     import json
 
     kwargs: dict[str, Any] = json.loads((FIXTURES / "openai_cached.json").read_text())
