@@ -15,11 +15,14 @@ from .transport import problem_detail
 
 
 class ClientError(RuntimeError):
-    """A request to OpenMeter failed; the message says why and what to check."""
+    """A request to OpenMeter failed; the message says why (``problem``) and what to
+    check (``fix``, when there is one to say)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, problem: str, status: int | None = None, fix: str = "") -> None:
+        super().__init__(f"{problem}: {fix}" if fix else problem)
+        self.problem = problem
         self.status = status
+        self.fix = fix
 
 
 class OpenMeterClient:
@@ -58,9 +61,9 @@ class OpenMeterClient:
             raise ClientError(f"cannot reach {self.endpoint}: {exc}") from None
         if response.status_code in (401, 403):
             raise ClientError(
-                f"{self.endpoint} rejected the API key (HTTP {response.status_code}): "
-                "check OPENMETER_API_KEY",
+                f"{self.endpoint} rejected the API key (HTTP {response.status_code})",
                 response.status_code,
+                "check OPENMETER_API_KEY",
             )
         if response.status_code >= 400:
             raise ClientError(

@@ -8,6 +8,7 @@ lower case without the ``OPENMETER_`` prefix.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,16 @@ SubjectResolver = Callable[[Mapping[str, str]], "str | None"]
 
 
 class SettingsError(ValueError):
-    """A setting is missing or has a value that cannot be used."""
+    """A setting is missing or has a value that cannot be used.
+
+    ``problem`` says what is wrong (naming the variable), ``fix`` what to do; the
+    message is both, on one line.
+    """
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -107,9 +117,9 @@ class Settings:
         api_key = reader.text("OPENMETER_API_KEY", None)
         if not api_key:
             raise SettingsError(
-                "Missing keys=['OPENMETER_API_KEY'] in environment: set "
-                "OPENMETER_API_KEY to your OpenMeter API token (any non-empty "
-                "value for a local server without auth)."
+                "Missing keys=['OPENMETER_API_KEY'] in environment",
+                "set OPENMETER_API_KEY to your OpenMeter API token (any non-empty "
+                "value for a local server without auth)",
             )
         shape = reader.choice("OPENMETER_EVENT_SHAPE", ("litellm", "tokens"), "litellm")
         default_type = DEFAULT_TOKENS_EVENT_TYPE if shape == "tokens" else DEFAULT_EVENT_TYPE
@@ -148,17 +158,21 @@ class Settings:
 
 
 def _check_endpoint(endpoint: str) -> None:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    fix = "use https://host[:port] (for example https://openmeter.cloud)"
+    try:
+        parts = urlsplit(endpoint)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
         raise SettingsError(
-            f"OPENMETER_API_ENDPOINT={endpoint!r} is not a URL: use "
-            "https://host[:port] (for example https://openmeter.cloud)."
-        )
+            f"OPENMETER_API_ENDPOINT={endpoint!r} is not a URL (bad host or port)", fix
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise SettingsError(f"OPENMETER_API_ENDPOINT={endpoint!r} is not a URL", fix)
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise SettingsError(
             f"OPENMETER_API_ENDPOINT={endpoint!r} uses plain http to a non-loopback "
-            "host, which would send OPENMETER_API_KEY unencrypted: use https "
-            "(plain http is allowed only for 127.0.0.1, ::1 and localhost)."
+            "host, which would send OPENMETER_API_KEY unencrypted",
+            "use https (plain http is allowed only for 127.0.0.1, ::1 and localhost)",
         )
 
 
@@ -185,20 +199,25 @@ class _Reader:
         if isinstance(value, Path):
             return str(value)
         if not isinstance(value, str):
-            raise SettingsError(f"{name} must be a string, got {type(value).__name__}.")
+            raise SettingsError(
+                f"{name} must be a string, got {type(value).__name__}", f"pass {name} as text"
+            )
         return value
 
     def nonempty(self, name: str, default: str) -> str:
         value = self.text(name, default)
         if value is None or not value.strip():
-            raise SettingsError(f"{name} must not be empty (default {default!r}).")
+            raise SettingsError(
+                f"{name} must not be empty", f"set it, or unset it for the default {default!r}"
+            )
         return value.strip()
 
     def choice(self, name: str, accepted: tuple[str, ...], default: str) -> str:
         value = (self.text(name, default) or default).strip().lower()
         if value not in accepted:
             raise SettingsError(
-                f"{name}={value!r} is not valid: accepted values are {', '.join(accepted)}."
+                f"{name}={value!r} is not valid",
+                f"accepted values are {', '.join(accepted)} (default {default})",
             )
         return value
 
@@ -214,7 +233,8 @@ class _Reader:
         if text in _FALSE:
             return False
         raise SettingsError(
-            f"{name}={value!r} is not a boolean: use true or false (also 1/0, yes/no, on/off)."
+            f"{name}={value!r} is not a boolean",
+            f"use true or false (also 1/0, yes/no, on/off; default {str(default).lower()})",
         )
 
     def number(
@@ -224,14 +244,18 @@ class _Reader:
         if value is None:
             return default
         kind = "a whole number" if integer else "a number"
+        shown = int(default) if integer else default
+        fix = f"set it to {kind} of at least {low:g}, or unset it for the default {shown}"
         try:
             if isinstance(value, bool):
                 raise ValueError
-            parsed = int(str(value)) if integer else float(str(value))
+            parsed = int(str(value).strip()) if integer else float(str(value))
         except ValueError:
-            raise SettingsError(f"{name}={value!r} is not {kind} (default {default}).") from None
+            raise SettingsError(f"{name}={value!r} is not {kind}", fix) from None
+        if not math.isfinite(parsed):
+            raise SettingsError(f"{name}={value!r} is not a finite number", fix)
         if parsed < low:
-            raise SettingsError(f"{name}={value!r} must be at least {low} (default {default}).")
+            raise SettingsError(f"{name}={value!r} is less than {low:g}", fix)
         return float(parsed)
 
     def subject_order(self, trust_request_user: bool) -> tuple[str, ...]:
@@ -244,8 +268,8 @@ class _Reader:
             unknown = [item for item in order if item not in SUBJECT_SOURCES]
             if unknown or not order:
                 raise SettingsError(
-                    f"OPENMETER_SUBJECT_FROM={value!r} is not valid: give a comma-separated "
-                    f"list of {', '.join(SUBJECT_SOURCES)}."
+                    f"OPENMETER_SUBJECT_FROM={value!r} is not valid",
+                    f"give a comma-separated list of {', '.join(SUBJECT_SOURCES)}",
                 )
         if not trust_request_user:
             order = tuple(item for item in order if item != "user")
@@ -255,7 +279,7 @@ class _Reader:
         unknown = sorted(set(self._overrides) - self._used)
         if unknown:
             known = ", ".join(sorted(f.lower() for f in _KNOWN_KEYS))
-            raise SettingsError(f"Unknown setting(s) {', '.join(unknown)}: known are {known}.")
+            raise SettingsError(f"Unknown setting(s) {', '.join(unknown)}", f"known are {known}")
 
 
 _ALIASES = {"api_endpoint": ("endpoint",)}
