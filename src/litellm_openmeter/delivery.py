@@ -624,7 +624,8 @@ def main() -> None:
     logger.setLevel(int(hello.get("log_level", logging.WARNING)))
     logger.propagate = False
 
-    outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes)
+    # The parent checked the file when it opened it (and moved a damaged one aside).
+    outbox = Outbox(settings.outbox_path, settings.outbox_max_bytes, verify=False)
     builder = CallBuilder(settings, outbox)
     sender = Sender(settings, outbox, on_pause=lambda reason: parent.tell({"paused": reason}))
     sender.prepare()

@@ -24,7 +24,8 @@ from . import forksafe, metrics
 from .building import CallBuilder, Unreadable, call_json, cannot_build, text_or
 from .delivery import DeliveryProcess
 from .events import CloudEvent, SubjectResolver, build_events
-from .outbox import Entry, Held, Outbox
+from .outbox import Entry, Held
+from .salvage import open_outbox
 from .sender import Sender
 from .settings import Settings
 from .usage import CallForm, call_form, record_from_kwargs
@@ -65,7 +66,7 @@ class OpenMeterLogger(CustomLogger):
             f"litellm_openmeter|{self.settings.endpoint}|{self.settings.event_type}|"
             f"{self.settings.event_shape}|{self.settings.outbox_path}"
         )
-        self.outbox = Outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
+        self.outbox = open_outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.builder = CallBuilder(self.settings, self.outbox)
         self.sender: Sender | DeliveryProcess
         if self.settings.delivery == "process":

@@ -6,10 +6,12 @@ time, so LiteLLM proxy's ``/metrics`` shows them with no extra set-up.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+log = logging.getLogger("litellm_openmeter")
 _registered = False
 _lock = threading.Lock()
 
@@ -39,8 +41,17 @@ def register(loggers: Callable[[], Iterable[Any]]) -> bool:
             return True
 
         class DeliveryCollector:
+            def describe(self) -> list[Any]:
+                # Without it the registry would collect (read every outbox) at registration.
+                return []
+
             def collect(self) -> Iterator[Any]:
-                snapshots = [(str(lg.settings.outbox_path), lg.stats()) for lg in loggers()]
+                snapshots = []
+                for lg in loggers():
+                    try:
+                        snapshots.append((str(lg.settings.outbox_path), lg.stats()))
+                    except Exception as exc:  # a scrape never fails because of one outbox
+                        log.warning("litellm-openmeter: no metrics for %s: %s", lg, exc)
                 for name, text in GAUGES.items():
                     family = GaugeMetricFamily(f"litellm_openmeter_{name}", text, labels=["outbox"])
                     for path, stats in snapshots:

@@ -31,6 +31,7 @@ import orjson
 
 from . import forksafe
 from .events import CloudEvent
+from .settings import SettingsError
 
 DELIVERED_MEMORY_SECONDS = 600.0
 """How long delivered ids are remembered to drop late duplicates."""
@@ -91,6 +92,77 @@ END;
 
 class OutboxFull(RuntimeError):
     """The outbox reached its byte limit; the new events were not stored."""
+
+
+class OutboxDamaged(RuntimeError):
+    """The outbox file is not a readable SQLite database (corrupted or overwritten).
+
+    Nothing in it was changed. ``salvage`` moves such a file aside and recovers what
+    can still be read of it.
+    """
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"the outbox {path} is damaged ({detail})")
+        self.path = path
+        self.detail = detail
+
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a SQLite error says the file is corrupt or not a database at all (as
+    opposed to busy, locked, read-only or out of space)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11 and newer
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+PATH_FIX = (
+    "set OPENMETER_OUTBOX_PATH to a file in a folder this user can write "
+    "(or unset it for the default under ~/.cache)"
+)
+
+
+def path_error(path: Path, exc: OSError) -> SettingsError:
+    """A clear error for an outbox path where no file can be made or opened."""
+    where = exc.filename or path
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return SettingsError(
+            f"OPENMETER_OUTBOX_PATH={str(path)!r} is a folder, not a file",
+            f"name a file in it, for example {path / 'outbox.sqlite3'}",
+        )
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and Path(where) != path:
+        problem = f"{where} is a file, so it cannot hold a folder"
+    elif isinstance(exc, FileNotFoundError):
+        folder = Path(where).parent if Path(where) == path else where
+        problem = f"the folder {folder} cannot be made"
+    elif isinstance(exc, PermissionError):
+        problem = f"no permission to write {where}"
+    else:
+        problem = f"{where}: {exc.strerror or exc}"
+    return SettingsError(f"OPENMETER_OUTBOX_PATH={str(path)!r} cannot be used: {problem}", PATH_FIX)
+
+
+def probe_path(path: Path) -> None:
+    """Raise :class:`SettingsError` unless an outbox can be made or opened at ``path``;
+    makes its folder (as the logger would) and nothing else."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = path.exists()
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise path_error(path, exc) from None
 
 
 @dataclass(frozen=True)
@@ -263,9 +335,15 @@ class Outbox:
     """A durable, multi-process queue of CloudEvents in one SQLite file.
 
     Thread-safe. After ``fork`` the child opens its own connection on first use.
+
+    Opening checks the file (``PRAGMA quick_check``, about 0.2 s per 100 MB of
+    outbox) unless ``verify`` is false; raises :class:`OutboxDamaged` for a damaged
+    file and :class:`SettingsError` for a path where no outbox can be.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int = 1024**3) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], max_bytes: int = 1024**3, *, verify: bool = True
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -277,14 +355,37 @@ class Outbox:
         self._checkpoint_lock = threading.Lock()
         forksafe.track(self)
         self._prepare_file()
-        with self._lock:
-            self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        try:
+            with self._lock:
+                conn = self._connection()
+                if verify:
+                    self._verify(conn)
+                conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if is_damage(exc):
+                raise OutboxDamaged(self.path, str(exc)) from None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise SettingsError(
+                f"OPENMETER_OUTBOX_PATH={str(self.path)!r} cannot be opened: {exc}", PATH_FIX
+            ) from None
+
+    def _verify(self, conn: sqlite3.Connection) -> None:
+        found = conn.execute("PRAGMA quick_check(1)").fetchone()
+        if found is None or found[0] != "ok":
+            raise OutboxDamaged(self.path, str(found[0] if found else "no answer to a check"))
 
     def _prepare_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        os.chmod(self.path, 0o600)
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "Is a directory", str(self.path))
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise path_error(self.path, exc) from None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
