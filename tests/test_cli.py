@@ -18,9 +18,11 @@ from litellm_openmeter.doctor import Check, run_checks
 from litellm_openmeter.meters import meters_for
 from litellm_openmeter.server import BackgroundServer, open_store
 
-from conftest import free_port, hook_kwargs
+from conftest import ALL_TIME, free_port, hook_kwargs
 
 KEY = "cli-secret-key"
+USAGE = 2
+"""The exit code of a bad argument or setting."""
 Run = Callable[..., subprocess.CompletedProcess[str]]
 TOKENS_SHAPE = {"OPENMETER_EVENT_SHAPE": "tokens", "OPENMETER_EVENT_TYPE": "litellm_tokens"}
 """The other event shape under the default type: some of its meters' slugs are taken."""
@@ -35,8 +37,13 @@ def server(tmp_path: Path) -> Iterator[BackgroundServer]:
 @pytest.fixture
 def run(tmp_path: Path, server: BackgroundServer) -> Run:
     def run_cli(
-        *args: str, env: dict[str, str] | None = None, ok: bool | None = True, timeout: float = 120
+        *args: str,
+        env: dict[str, str] | None = None,
+        ok: bool | int | None = True,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
+        """Run the CLI; ``ok``: True for exit code 0, False for 1 (a failure), USAGE for 2
+        (a bad argument or setting), each error one line; None checks nothing."""
         environment = {
             key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")
         }
@@ -60,8 +67,9 @@ def run(tmp_path: Path, server: BackgroundServer) -> Run:
         assert KEY not in result.stdout + result.stderr, "the API key was printed"
         if ok is True:
             assert result.returncode == 0, result.stderr
-        elif ok is False:
-            assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+        elif ok is not None:
+            expected = 1 if ok is False else ok
+            assert result.returncode == expected, (result.returncode, result.stdout, result.stderr)
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         return result
 
@@ -150,29 +158,33 @@ def test_meters_apply_update(run: Run, server: BackgroundServer) -> None:
     ).stdout
     assert "differs  litellm_tokens_calls" in other_shape
     assert "cannot change in place" in other_shape
-    assert "--apply" in run("meters", "--update", ok=False).stderr
+    assert "--apply" in run("meters", "--update", ok=USAGE).stderr
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("env", "message", "code"),
     [
-        ({"OPENMETER_API_KEY": ""}, "OPENMETER_API_KEY"),
-        ({"OPENMETER_API_KEY": "wrong"}, "rejected the API key"),
-        ({"OPENMETER_API_ENDPOINT": "http://127.0.0.1:1"}, "cannot reach"),
-        ({"OPENMETER_EVENT_SHAPE": "rows"}, "OPENMETER_EVENT_SHAPE"),
+        ({"OPENMETER_API_KEY": ""}, "OPENMETER_API_KEY", USAGE),
+        ({"OPENMETER_API_KEY": "wrong"}, "rejected the API key", 1),
+        ({"OPENMETER_API_ENDPOINT": "http://127.0.0.1:1"}, "cannot reach", 1),
+        ({"OPENMETER_EVENT_SHAPE": "rows"}, "OPENMETER_EVENT_SHAPE", USAGE),
     ],
 )
-def test_meters_apply_failures(run: Run, env: dict[str, str], message: str) -> None:
-    result = run("meters", "--apply", env=env, ok=False)
+def test_meters_apply_failures(run: Run, env: dict[str, str], message: str, code: int) -> None:
+    result = run("meters", "--apply", env=env, ok=code)
     assert message in result.stderr
 
 
 def test_outbox_status_when_empty(run: Run) -> None:
+    """Before anything was queued, the read-only commands say so and succeed; those
+    that act on the outbox fail, naming the path and the variable."""
     status = json.loads(run("outbox", "status", "--json").stdout)
     assert status["exists"] is False and status["queued"] == 0
     assert "queued" in run("outbox", "status").stdout
-    assert "no outbox" in run("outbox", "dead-letters", ok=False).stderr
-    assert "outbox is empty" not in run("outbox", "drain", ok=False).stdout
+    assert "no dead letters: no outbox at" in run("outbox", "dead-letters").stdout
+    assert json.loads(run("outbox", "dead-letters", "--json").stdout) == []
+    drain = run("outbox", "drain", ok=False)
+    assert "no outbox at" in drain.stderr and "OPENMETER_OUTBOX_PATH" in drain.stderr
 
 
 def test_outbox_inspect_requeue_drain(run: Run, tmp_path: Path, server: BackgroundServer) -> None:
@@ -184,17 +196,17 @@ def test_outbox_inspect_requeue_drain(run: Run, tmp_path: Path, server: Backgrou
     dead = json.loads(run("outbox", "dead-letters", "--json").stdout)
     assert {d["reason"] for d in dead} == {"no_subject"}
     assert "no_subject" in run("outbox", "dead-letters").stdout
-    assert "give event IDs or --all" in run("outbox", "requeue", ok=False).stderr
+    assert "give event IDs or --all" in run("outbox", "requeue", ok=USAGE).stderr
     assert "no dead letter with id" in run("outbox", "requeue", "nope", ok=False).stderr
     assert "has no subject" in run("outbox", "requeue", "--all", ok=False).stderr
     moved = run("outbox", "requeue", dead[0]["id"], "--subject", "team-x").stdout
     assert "requeued 1" in moved
-    assert "refusing to delete 1" in run("outbox", "purge-dead", ok=False).stderr
+    assert "refusing to delete 1" in run("outbox", "purge-dead", ok=USAGE).stderr
     assert "deleted 1" in run("outbox", "purge-dead", "--yes").stdout
     assert "drained 31 event(s)" in run("outbox", "drain").stdout
     assert json.loads(run("outbox", "status", "--json").stdout)["queued"] == 0
     with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}) as http:
-        events = http.get("/api/v1/events", params={"limit": 100}).json()
+        events = http.get("/api/v1/events", params={"limit": 100, **ALL_TIME}).json()
     assert len(events) == 31
     assert "team-x" in {item["event"]["subject"] for item in events}
     assert "outbox is empty" in run("outbox", "drain").stdout
@@ -300,14 +312,14 @@ def test_usage(run: Run, server: BackgroundServer) -> None:
         f"{server.url}/api/v1/events", json=events, headers={"authorization": f"Bearer {KEY}"}
     ).raise_for_status()
     rows = json.loads(run("usage", "--json", "--window", "day", "--group-by", "model").stdout)
-    assert [(r["subject"], r["windowStart"][:10], r["input tokens"], r["cost"]) for r in rows] == [
+    assert [(r["subject"], r["windowStart"][:10], r["input"], r["cost"]) for r in rows] == [
         ("ann", "2026-11-20", 100, 0.5),
         ("ann", "2026-11-21", 100, 0.5),
         ("ben", "2026-11-22", 100, 0.5),
     ]
-    assert rows[0]["groupBy"] == {"model": "gpt-4o"} and rows[0]["cached tokens"] == 30
+    assert rows[0]["groupBy"] == {"model": "gpt-4o"} and rows[0]["cached"] == 30
     only = json.loads(run("usage", "--json", "--subject", "ben").stdout)
-    assert [(r["subject"], r["output tokens"]) for r in only] == [("ben", 10)]
+    assert [(r["subject"], r["output"]) for r in only] == [("ben", 10)]
     table = run("usage", "--from", "2026-11-21T00:00:00Z").stdout
     assert "ann" in table and "ben" in table and "2026-11-20" not in table
     assert "invalid choice" in run("usage", "--window", "week", ok=None).stderr

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -23,13 +24,34 @@ from ._version import __version__
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # imported where used: every command starts fast
+    from rich.console import Console
+
     from .client import OpenMeterClient
 
 SERVER_TOKEN_ENV = "OPENMETER_SERVER_TOKEN"
+DEBUG_ENV = "LITELLM_OPENMETER_DEBUG"
+EXIT_FAILURE = 1
+"""Called right, but something failed (unreachable endpoint, damaged file, port in use)."""
+EXIT_USAGE = 2
+"""Called wrong: a bad argument or ``OPENMETER_*`` setting; nothing was done."""
 
 
 class CommandError(Exception):
     """A failure to report as one line and exit code 1."""
+
+
+class UsageError(CommandError):
+    """A wrong argument, to report as one line and exit code 2."""
+
+
+def _console() -> Console:
+    """Rich's console; piped, one wide enough that a table never folds a name."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=1000)
+    return console
 
 
 def default_server_db() -> Path:
@@ -79,9 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
         "OPENMETER_* environment variables (see the README).",
     )
     parser.add_argument("--version", action="version", version=f"litellm-openmeter {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="same")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_command = commands.add_parser
 
-    demo = commands.add_parser(
+    def command(name: str, **options: Any) -> argparse.ArgumentParser:
+        return add_command(name, parents=[common], **options)
+
+    demo = command(
         "demo",
         help="run a LiteLLM workload into the local server and show the metered usage",
         description="Start the local server, point an OpenMeterLogger at it, make real "
@@ -102,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    serve = commands.add_parser(
+    serve = command(
         "serve",
         help="run an OpenMeter-compatible server on SQLite",
         description="Run an OpenMeter-compatible ingest and meter-query server on SQLite "
@@ -132,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest accepted request body in bytes (default 4 MiB)",
     )
 
-    meters = commands.add_parser(
+    meters = command(
         "meters",
         help="print (or create) the meters that read the configured events",
         description="Print the OpenMeter meters that match OPENMETER_EVENT_TYPE and "
@@ -152,15 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         "their name, description and keys of their own)",
     )
 
-    outbox = commands.add_parser(
+    outbox = command(
         "outbox",
         help="inspect and operate the delivery outbox",
         description="Inspect and operate the outbox at OPENMETER_OUTBOX_PATH.",
     )
     actions = outbox.add_subparsers(dest="action", metavar="ACTION", required=True)
-    status = actions.add_parser("status", help="depth, bytes, oldest age, last error")
+    add_action = actions.add_parser
+
+    def action(name: str, **options: Any) -> argparse.ArgumentParser:
+        return add_action(name, parents=[common], **options)
+
+    status = action("status", help="depth, bytes, oldest age, last error")
     status.add_argument("--json", action="store_true", help="print as JSON")
-    dead = actions.add_parser("dead-letters", help="events that could not be sent, with why")
+    dead = action("dead-letters", help="events that could not be sent, with why")
     dead.add_argument("--json", action="store_true", help="print as JSON")
     dead.add_argument(
         "--limit",
@@ -168,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="at most this many (default 100)",
     )
-    requeue = actions.add_parser("requeue", help="move dead letters back to the queue")
+    requeue = action("requeue", help="move dead letters back to the queue")
     requeue.add_argument("ids", nargs="*", metavar="ID", help="event ids to requeue")
     requeue.add_argument("--all", action="store_true", help="requeue every dead letter")
     requeue.add_argument(
@@ -176,24 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="set this subject on the requeued events (for no_subject ones)",
     )
-    drain = actions.add_parser("drain", help="send everything now, until empty or a deadline")
+    drain = action("drain", help="send everything now, until empty or a deadline")
     drain.add_argument(
         "--timeout",
         type=_positive_float,
         default=60.0,
         help="give up after this many seconds (default 60)",
     )
-    purge = actions.add_parser("purge-dead", help="delete every dead letter")
+    purge = action("purge-dead", help="delete every dead letter")
     purge.add_argument("--yes", action="store_true", help="confirm: dead letters are billing data")
+    salvage = action(
+        "salvage",
+        help="recover the events of a damaged outbox file into the outbox",
+        description="Copy every event that can still be read from a damaged outbox file "
+        "(one a logger moved aside as <name>.damaged-<time>, or the outbox itself, which is "
+        "moved aside first) into the outbox at OPENMETER_OUTBOX_PATH. The damaged file is "
+        "kept (renamed <name>.salvaged-<time>).",
+    )
+    salvage.add_argument("file", type=Path, metavar="FILE", help="the damaged outbox file")
+    salvage.add_argument("--json", action="store_true", help="print the counts as JSON")
 
-    doctor = commands.add_parser(
+    doctor = command(
         "doctor",
         help="check configuration, endpoint, key, meters, outbox",
         description="Run every check; exit code 1 when any fails.",
     )
     doctor.add_argument("--json", action="store_true", help="print as JSON")
 
-    usage = commands.add_parser(
+    usage = command(
         "usage",
         help="query the meters: usage per subject and window",
         description="Query the configured endpoint's meters for the "
@@ -224,13 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(require_key: bool = True) -> Settings:
+    """The settings; a bad one raises SettingsError (one line, exit code 2)."""
     overrides: dict[str, object] = {}
     if not require_key and not os.environ.get("OPENMETER_API_KEY"):
         overrides["api_key"] = "not-needed"
-    try:
-        return Settings.from_env(**overrides)
-    except SettingsError as exc:
-        raise CommandError(str(exc)) from None
+    return Settings.from_env(**overrides)
 
 
 def _print_json(value: object) -> None:
@@ -241,10 +287,13 @@ def _print_json(value: object) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import check_environment, run_demo
 
+    check_environment(args.shape)  # before the seconds of start-up
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    outcome = run_demo(calls=args.calls, shape=args.shape, keep=args.keep, as_json=args.json)
+    outcome = run_demo(
+        calls=args.calls, shape=args.shape, keep=args.keep, console=_console(), as_json=args.json
+    )
     if not outcome.verified:
         raise CommandError(f"{outcome.lost} event(s) lost, {outcome.duplicates} duplicated")
     return 0
@@ -252,7 +301,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .meters import MeterError, load_meters_file
-    from .server import open_store, serve
+    from .server import bind, open_store, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -265,9 +314,17 @@ def _serve(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
     db = args.db or default_server_db()
     token = args.token or os.environ.get(SERVER_TOKEN_ENV) or None
+    try:  # first, so that a port in use changes nothing and logs no "serving"
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+            "(choose another --port, or stop what uses it)"
+        ) from None
     try:
         store = open_store(db, meters)
     except Exception as exc:
+        sock.close()
         raise CommandError(f"cannot open the database {db}: {exc}") from None
     auth = "a bearer token" if token else "no auth"
     logging.getLogger("litellm_openmeter.server").info(
@@ -278,12 +335,7 @@ def _serve(args: argparse.Namespace) -> int:
         len(store.meters),
         auth,
     )
-    try:
-        serve(args.host, args.port, store, token=token, max_body=args.max_body)
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
+    serve(sock, store, token=token, max_body=args.max_body)
     return 0
 
 
@@ -328,7 +380,7 @@ def _meters(args: argparse.Namespace) -> int:
     from .meters import meters_for
 
     if args.update and not args.apply:
-        raise CommandError("--update works with --apply: meters --apply --update")
+        raise UsageError("--update works with --apply: meters --apply --update")
     settings = _settings(require_key=args.apply)
     wanted = meters_for(settings.event_type, settings.event_shape)
     if not args.apply:
@@ -389,39 +441,40 @@ def _meters(args: argparse.Namespace) -> int:
 # -- outbox -------------------------------------------------------------------------------
 
 
-def _open_outbox(settings: Settings, must_exist: bool = True) -> Any:
+def _open_outbox(settings: Settings) -> Any:
+    """The outbox; a damaged file raises OutboxDamaged (reported with the fix), a path
+    where none can be SettingsError."""
     from .outbox import Outbox
 
-    if must_exist and not settings.outbox_path.exists():
-        raise CommandError(
-            f"no outbox at {settings.outbox_path} (set OPENMETER_OUTBOX_PATH to "
-            "the file the logger uses)"
-        )
     return Outbox(settings.outbox_path, settings.outbox_max_bytes)
 
 
+def _no_outbox(settings: Settings) -> str:
+    return (
+        f"no outbox at {settings.outbox_path} yet: nothing was queued there (the logger "
+        "uses OPENMETER_OUTBOX_PATH)"
+    )
+
+
 def _outbox(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from .outbox import probe_path
+
     settings = _settings(require_key=args.action == "drain")
-    console = Console()
+    console = _console()
+    if args.action == "salvage":
+        return _salvage(settings, args.file, args.json)
+    exists = settings.outbox_path.exists()
+    if not exists:
+        probe_path(settings.outbox_path)  # a path where no outbox can ever be is an error
     if args.action == "status":
-        if not settings.outbox_path.exists():
-            stats: dict[str, Any] = {
-                "path": str(settings.outbox_path),
-                "exists": False,
-                "queued": 0,
-                "dead_lettered": 0,
-            }
-        else:
+        stats: dict[str, Any] = {"path": str(settings.outbox_path), "exists": exists}
+        if exists:
             outbox = _open_outbox(settings)
-            stats = {
-                "path": str(settings.outbox_path),
-                "exists": True,
-                **asdict(outbox.stats()),
-                "max_bytes": settings.outbox_max_bytes,
-            }
+            stats.update(asdict(outbox.stats()), max_bytes=settings.outbox_max_bytes)
+        else:
+            stats.update(queued=0, dead_lettered=0)
         if args.json:
             _print_json(stats)
             return 0
@@ -432,14 +485,13 @@ def _outbox(args: argparse.Namespace) -> int:
             table.add_row(key.replace("_", " "), "-" if value in (None, "") else str(value))
         console.print(table)
         return 0
-    outbox = _open_outbox(settings)
     if args.action == "dead-letters":
-        letters = outbox.dead_letters(limit=args.limit)
+        letters = _open_outbox(settings).dead_letters(limit=args.limit) if exists else []
         if args.json:
             _print_json([asdict(letter) for letter in letters])
             return 0
         if not letters:
-            console.print("no dead letters")
+            console.print("no dead letters" + ("" if exists else f": {_no_outbox(settings)}"))
             return 0
         table = Table(title=f"{len(letters)} dead letter(s)")
         for column in ("id", "reason", "failed at", "subject", "detail"):
@@ -455,9 +507,12 @@ def _outbox(args: argparse.Namespace) -> int:
             )
         console.print(table)
         return 0
+    if args.action == "requeue" and bool(args.ids) == bool(args.all):
+        raise UsageError("give event IDs or --all (not both)")
+    if not exists:
+        raise CommandError(_no_outbox(settings))
+    outbox = _open_outbox(settings)
     if args.action == "requeue":
-        if bool(args.ids) == bool(args.all):
-            raise CommandError("give event IDs or --all (not both)")
         try:
             moved = outbox.requeue(None if args.all else args.ids, args.subject)
         except (KeyError, ValueError) as exc:
@@ -470,13 +525,57 @@ def _outbox(args: argparse.Namespace) -> int:
     if args.action == "purge-dead":
         count = outbox.stats().dead_lettered
         if not args.yes:
-            raise CommandError(
+            raise UsageError(
                 f"refusing to delete {count} dead letter(s) without --yes "
                 "(they are billing data; requeue them if the cause is fixed)"
             )
         print(f"deleted {outbox.purge_dead()} dead letter(s)")
         return 0
     return _drain(settings, outbox, args.timeout, console)
+
+
+def _salvage(settings: Settings, file: Path, as_json: bool) -> int:
+    from .outbox import Outbox, OutboxDamaged
+    from .salvage import move_aside, salvage
+
+    file = file.expanduser()
+    if not file.is_file():
+        raise CommandError(f"no file at {file}: give the damaged outbox file to recover")
+    current = settings.outbox_path
+    moved_from = None
+    if current.exists() and os.path.samefile(file, current):
+        try:
+            Outbox(current, settings.outbox_max_bytes).close()
+        except OutboxDamaged:
+            moved = move_aside(current)
+            if moved is None:
+                raise CommandError(f"{current} was moved away meanwhile: run again") from None
+            moved_from, file = current, moved
+        else:
+            raise CommandError(
+                f"the outbox {current} is not damaged: nothing to salvage (give a damaged "
+                "file, such as one a logger moved aside as <name>.damaged-<time>)"
+            )
+    outbox = _open_outbox(settings)
+    try:
+        report = salvage(file, outbox)
+    finally:
+        outbox.close()
+    if as_json:
+        _print_json({**asdict(report), "into": str(current), "moved_from": moved_from})
+        return 0
+    if moved_from is not None:
+        print(f"moved the damaged outbox aside to {file}; a fresh outbox is at {current}")
+    print(
+        f"salvaged {report.file} into {current}: {report.events_read} queued event(s) read "
+        f"({report.events_added} new), {report.dead_letters_read} dead letter(s) read "
+        f"({report.dead_letters_added} new), {report.unreadable} unreadable row(s) skipped"
+    )
+    if report.renamed_to is not None:
+        print(f"the damaged file is kept as {report.renamed_to} (delete it when you wish)")
+    if report.events_added:
+        print("the events are sent by the next running logger or 'litellm-openmeter outbox drain'")
+    return 0
 
 
 def _drain(settings: Settings, outbox: Any, timeout: float, console: Any) -> int:
@@ -529,7 +628,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from .client import ClientError, OpenMeterClient
@@ -540,10 +638,11 @@ def _usage(args: argparse.Namespace) -> int:
     if settings.event_shape == "tokens":
         columns = {"tokens": "tokens_total", "cost": f"{prefix}_cost"}
     else:
+        # The same keys as the demo's --json.
         columns = {
-            "input tokens": f"{prefix}_prompt_tokens",
-            "output tokens": f"{prefix}_completion_tokens",
-            "cached tokens": f"{prefix}_cache_read_tokens",
+            "input": f"{prefix}_prompt_tokens",
+            "output": f"{prefix}_completion_tokens",
+            "cached": f"{prefix}_cache_read_tokens",
             "cost": f"{prefix}_cost",
         }
     params: dict[str, Any] = {
@@ -594,11 +693,11 @@ def _usage(args: argparse.Namespace) -> int:
     for name in ("window start", "window end", "subject", *args.group_by):
         table.add_column(name, overflow="fold")
     for name in columns:
-        table.add_column(name, justify="right")
+        table.add_column(name if name in ("tokens", "cost") else f"{name} tokens", justify="right")
     for (start, end, subject, groups), values in ordered:
         cells = [f"{values[c]:.6f}" if c == "cost" else f"{values[c]:,.0f}" for c in columns]
         table.add_row(start, end, subject, *groups, *cells)
-    Console().print(table if ordered else "no usage in that period")
+    _console().print(table if ordered else "no usage in that period")
     return 0
 
 
@@ -625,13 +724,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet = logging.getLogger("litellm_openmeter")
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower()
+    debug = bool(getattr(args, "debug", False)) or flag in ("1", "true", "yes", "on")
     try:
         return HANDLERS[args.command](args)
-    except CommandError as exc:
-        print(f"litellm-openmeter {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        code, line = error_line(exc)
+        print(f"litellm-openmeter {args.command}: error: {line}", file=sys.stderr)
+        return code
+
+
+def error_line(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line that report an error: what is wrong and the fix.
+    Never the API key, even where an error's text would hold it."""
+    from .outbox import OutboxDamaged
+    from .salvage import salvage_command
+
+    if isinstance(exc, (SettingsError, UsageError)):
+        code, text = EXIT_USAGE, str(exc)
+    elif isinstance(exc, CommandError):
+        code, text = EXIT_FAILURE, str(exc)
+    elif isinstance(exc, OutboxDamaged):
+        code = EXIT_FAILURE
+        text = (
+            f"{exc}; a logger moves it aside and starts a fresh outbox when it starts; to "
+            f"do it now and recover its events: {salvage_command(exc.path)}"
+        )
+    else:
+        code = EXIT_FAILURE
+        text = (
+            f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the "
+            "traceback, and report it)"
+        )
+    line = " ".join(text.split())
+    key = os.environ.get("OPENMETER_API_KEY", "").strip()
+    if len(key) >= 4:
+        line = line.replace(key, "***")
+    return code, line
 
 
 if __name__ == "__main__":

@@ -198,6 +198,27 @@ def _usage(
     return dict(usage)
 
 
+def _logger_settings(folder: Path, endpoint: str, shape: str) -> dict[str, Any]:
+    """What the demo's logger is given; the rest of its settings come from the
+    environment, as any logger's."""
+    return {
+        "api_key": "demo",
+        "endpoint": endpoint,
+        "event_shape": shape,
+        "outbox_path": folder / "outbox.sqlite3",
+        "flush_interval": 0.1,
+        "meter_failures": True,
+    }
+
+
+def check_environment(shape: str = "litellm") -> None:
+    """Raise ``SettingsError`` at once for an ``OPENMETER_*`` setting the demo's logger
+    could not use, before the seconds that starting LiteLLM takes."""
+    from .settings import Settings
+
+    Settings.from_env(**_logger_settings(Path("demo"), "http://127.0.0.1", shape))
+
+
 def run_demo(
     calls: int = 24,
     shape: str = "litellm",
@@ -225,14 +246,7 @@ def _run_in(
     server = BackgroundServer(open_store(folder / "server.sqlite3")).start()
     outcome = Outcome(server_url=server.url)
     event_type = "prompt" if shape == "tokens" else "litellm_tokens"
-    logger = OpenMeterLogger(
-        api_key="demo",
-        endpoint=server.url,
-        event_shape=shape,
-        outbox_path=folder / "outbox.sqlite3",
-        flush_interval=0.1,
-        meter_failures=True,
-    )
+    logger = OpenMeterLogger(**_logger_settings(folder, server.url, shape))
     saved_callbacks = list(litellm.callbacks)
     litellm.callbacks = [logger]
     plan = _workload(calls)
@@ -269,9 +283,16 @@ def _run_in(
         else:
             _print(out, outcome, logger.dead_letters())
         if keep and not as_json:
+            shape_env = " OPENMETER_EVENT_SHAPE=tokens" if shape == "tokens" else ""
             out.print(
                 f"\nThe server keeps running at [bold]{server.url}[/] (data in {folder}, "
-                "removed when it stops); press Ctrl-C to stop."
+                "removed when it stops); press Ctrl-C to stop.\n"
+                "Point the CLI (and a LiteLLM app) at it from another shell:\n"
+                f"  export OPENMETER_API_ENDPOINT={server.url} OPENMETER_API_KEY=demo"
+                f"{shape_env}\n"
+                "  litellm-openmeter usage --group-by model",
+                highlight=False,
+                soft_wrap=True,
             )
         if keep:
             _wait_for_interrupt()

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from . import delivery
 from .client import ClientError, OpenMeterClient
-from .outbox import Outbox
+from .outbox import Outbox, OutboxDamaged, probe_path
+from .salvage import damaged_files, salvage_command
 from .settings import Settings, SettingsError
 
 STUCK_AFTER_SECONDS = 600.0
@@ -34,7 +35,7 @@ def run_checks(env: Mapping[str, str] | None = None) -> list[Check]:
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
-        return [Check("configuration", False, str(exc), "set the variable as the message says")]
+        return [Check("configuration", False, exc.problem, exc.fix)]
     from urllib.parse import urlsplit
 
     host = urlsplit(settings.endpoint).hostname or ""
@@ -63,7 +64,7 @@ def run_checks(env: Mapping[str, str] | None = None) -> list[Check]:
                     Check(
                         "authentication",
                         False,
-                        str(exc),
+                        exc.problem,
                         "set OPENMETER_API_KEY to a valid token for this endpoint",
                     )
                 )
@@ -141,6 +142,19 @@ def _delivery_check(settings: Settings) -> Check:
 
 def _outbox_check(settings: Settings) -> Check:
     path = settings.outbox_path
+    damaged = damaged_files(path)
+    if damaged:
+        return Check(
+            "outbox",
+            False,
+            f"{len(damaged)} damaged outbox file(s) moved aside, their events not recovered "
+            f"yet: {', '.join(str(item) for item in damaged)}",
+            f"run: {salvage_command(damaged[0])}",
+        )
+    try:
+        probe_path(path)
+    except SettingsError as exc:
+        return Check("outbox", False, exc.problem, exc.fix)
     if not path.exists():
         return Check("outbox", True, f"{path} not created yet (nothing queued)")
     mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -148,7 +162,17 @@ def _outbox_check(settings: Settings) -> Check:
         return Check(
             "outbox", False, f"{path} is readable by others (mode {mode:o})", f"chmod 600 {path}"
         )
-    outbox = Outbox(path, settings.outbox_max_bytes)
+    try:
+        outbox = Outbox(path, settings.outbox_max_bytes)
+    except OutboxDamaged as exc:
+        return Check(
+            "outbox",
+            False,
+            f"{exc}: the next logger moves it aside and starts a fresh outbox",
+            f"move it aside now and recover its events: {salvage_command(path)}",
+        )
+    except SettingsError as exc:
+        return Check("outbox", False, exc.problem, exc.fix)
     try:
         stats = outbox.stats()
     finally:

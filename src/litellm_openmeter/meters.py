@@ -253,9 +253,18 @@ def group_text(raw: object) -> str | None:
 def load_meters_file(path: str | Path) -> list[Meter]:
     """Meters from a YAML file in OpenMeter's config format (a top-level ``meters:`` list)."""
     try:
-        document = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise MeterError(f"cannot read meters file {path}: {exc}") from exc
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MeterError(f"cannot read meters file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MeterError(
+            f"meters file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 YAML"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MeterError(f"meters file {path} is not valid YAML{where}: {problem}") from None
     entries = document.get("meters") if isinstance(document, Mapping) else None
     if not isinstance(entries, list):
         raise MeterError(f"meters file {path} needs a top-level 'meters:' list")

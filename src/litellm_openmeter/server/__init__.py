@@ -1,7 +1,7 @@
 """An OpenMeter-compatible server on SQLite, for development, CI and small deployments."""
 
 from .app import create_app
-from .runner import BackgroundServer, open_store, serve
+from .runner import BackgroundServer, bind, open_store, serve
 from .store import Store
 
-__all__ = ["BackgroundServer", "Store", "create_app", "open_store", "serve"]
+__all__ = ["BackgroundServer", "Store", "bind", "create_app", "open_store", "serve"]

@@ -51,15 +51,14 @@ def _server(store: Store, token: str | None, max_body: int, log_level: str) -> u
 
 
 def serve(
-    host: str,
-    port: int,
+    sock: socket.socket,
     store: Store,
     *,
     token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C or SIGTERM)."""
-    sock = bind(host, port)
+    """Serve on a socket from :func:`bind` in the foreground until interrupted (Ctrl-C
+    or SIGTERM). Binding comes first, so that a port in use fails before anything else."""
     server = _server(store, token, max_body, "info")
     try:
         server.run(sockets=[sock])
