@@ -569,8 +569,15 @@ def _salvage(settings: Settings, file: Path, as_json: bool) -> int:
     print(
         f"salvaged {report.file} into {current}: {report.events_read} queued event(s) read "
         f"({report.events_added} new), {report.dead_letters_read} dead letter(s) read "
-        f"({report.dead_letters_added} new), {report.unreadable} unreadable row(s) skipped"
+        f"({report.dead_letters_added} new); {report.damaged_pages} damaged page(s) and "
+        f"{report.unreadable} unreadable row(s) skipped"
     )
+    if report.found_on_pages_only and not report.free_pages_known:
+        print(
+            f"note: {report.found_on_pages_only} of them were read from pages whose state "
+            "the damaged file no longer tells; some may have been delivered before, and "
+            "OpenMeter drops those again by (source, id) where deduplication is on"
+        )
     if report.renamed_to is not None:
         print(f"the damaged file is kept as {report.renamed_to} (delete it when you wish)")
     if report.events_added:

@@ -102,6 +102,7 @@ class OutboxDamaged(RuntimeError):
     """
 
     def __init__(self, path: Path, detail: str) -> None:
+        detail = " ".join(detail.split())  # SQLite's check reports on several lines
         super().__init__(f"the outbox {path} is damaged ({detail})")
         self.path = path
         self.detail = detail

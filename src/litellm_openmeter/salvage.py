@@ -8,29 +8,36 @@ still be read from the damaged file into the current outbox, where they are sent
 usual (an event keeps its ``source`` and ``id``, so one that was already delivered is
 dropped by OpenMeter's deduplication), and renames the file ``<name>.salvaged-<time>``.
 
-The damaged file is read from a copy (with its WAL), never changed: through SQLite,
-range by range of rows, halving a range whose read fails, so that every row on an
-intact page that the table still reaches is kept. (SQLite's ``.recover`` would also
-find rows below a damaged inner page, but it needs a build with the ``sqlite_dbpage``
-table, which Debian's ``sqlite3`` lacks.)
+The damaged file is read from a copy (with its WAL), never changed, twice:
+
+- through SQLite, range by range of rows, halving a range whose read fails: every row
+  that its table still reaches, with what the WAL adds and removes;
+- page by page (``pages``): every row on an intact table leaf page, even where the
+  pages above it are damaged. A row found only this way is taken unless SQLite's read
+  shows it delivered (the outbox remembers delivered ids for ten minutes) or moved.
+
+(SQLite's ``.recover`` does much the same, but it needs a build with the
+``sqlite_dbpage`` table, which Debian's ``sqlite3`` program lacks.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from glob import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from . import pages
 from .events import CloudEvent
 from .outbox import Entry, Outbox, OutboxDamaged
 
@@ -111,8 +118,16 @@ class SalvageReport:
     events_added: int
     dead_letters_read: int
     dead_letters_added: int
+    damaged_pages: int
+    """Pages of the file that are no kind of page SQLite writes: their rows are lost."""
     unreadable: int
-    """Rows that held no event, and single rows whose read failed."""
+    """Rows on leaf pages that could not be read, or held no event."""
+    found_on_pages_only: int
+    """Events and dead letters that only the page-by-page read found."""
+    free_pages_known: bool
+    """False when the file's free-page list was damaged too: then rows of pages freed
+    earlier (events delivered long ago) may be among those found on pages only, and
+    are sent again; OpenMeter drops them by (source, id) where deduplication is on."""
     renamed_to: Path | None
 
 
@@ -123,7 +138,7 @@ class _Found:
     unreadable: int = 0
 
     def add(self, body: object, dead: tuple[str, str] | None = None) -> None:
-        event = _event(body)
+        event = body if isinstance(body, dict) else _event(body)
         if event is None:
             self.unreadable += 1
             return
@@ -162,6 +177,13 @@ def salvage(damaged: Path, into: Outbox) -> SalvageReport:
         if wal.exists():
             shutil.copyfile(wal, f"{copy}-wal")
         found = _read_row_by_row(copy)
+        known = set(found.events) | set(found.dead) | _delivered(copy)
+        with open(copy, "rb") as file, _mapped(file) as data:
+            scanned = pages.scan(data)
+        before = len(found.events) + len(found.dead)
+        for row in scanned.rows:
+            _add_page_row(found, row, known)
+        on_pages_only = len(found.events) + len(found.dead) - before
     events_added = 0
     events = list(found.events.values())
     for start in range(0, len(events), _CHUNK):
@@ -186,9 +208,52 @@ def salvage(damaged: Path, into: Outbox) -> SalvageReport:
         events_added=events_added,
         dead_letters_read=len(found.dead),
         dead_letters_added=dead_added,
-        unreadable=found.unreadable,
+        damaged_pages=scanned.damaged_pages,
+        unreadable=scanned.skipped_cells + found.unreadable,
+        found_on_pages_only=on_pages_only,
+        free_pages_known=scanned.free_pages_known,
         renamed_to=renamed,
     )
+
+
+@contextmanager
+def _mapped(file: BinaryIO) -> Iterator[pages.Data]:
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        yield b""
+        return
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
+
+
+def _add_page_row(found: _Found, row: list[pages.Value], known: set[tuple[str, str]]) -> None:
+    """A row of an ``events`` leaf page has nine fields with the body fourth, one of a
+    ``dead_letters`` page eight with the body third and the reason and detail after
+    the size; rows of other tables are neither."""
+    if len(row) == 9 and isinstance(row[3], str):
+        event, dead = _event(row[3]), None
+    elif len(row) == 8 and isinstance(row[2], str) and isinstance(row[4], str):
+        event, dead = _event(row[2]), (row[4], str(row[5] or ""))
+    else:
+        return
+    if event is None:
+        found.unreadable += 1
+        return
+    if (str(event["source"]), str(event["id"])) not in known:
+        found.add(event, dead)
+
+
+def _delivered(copy: Path) -> set[tuple[str, str]]:
+    """The delivered ids SQLite can still read (best effort)."""
+    conn = sqlite3.connect(copy)
+    try:
+        return {
+            (str(row[0]), str(row[1])) for row in conn.execute("SELECT source, id FROM delivered")
+        }
+    except sqlite3.Error:
+        return set()
+    finally:
+        conn.close()
 
 
 def _read_row_by_row(copy: Path) -> _Found:
@@ -200,11 +265,10 @@ def _read_row_by_row(copy: Path) -> _Found:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error:  # its first page is gone: no table can be found
         conn.close()
-        found.unreadable += 1
         return found
     try:
         for table, columns in (("events", "body"), ("dead_letters", "body, reason, detail")):
-            for row in _readable_rows(conn, table, columns, found):
+            for row in _readable_rows(conn, table, columns):
                 if table == "events":
                     found.add(row[0])
                 else:
@@ -228,9 +292,7 @@ def _highest_rowid(conn: sqlite3.Connection, table: str) -> int | None:
     return None
 
 
-def _readable_rows(
-    conn: sqlite3.Connection, table: str, columns: str, found: _Found
-) -> Iterator[tuple[Any, ...]]:
+def _readable_rows(conn: sqlite3.Connection, table: str, columns: str) -> Iterator[tuple[Any, ...]]:
     highest = _highest_rowid(conn, table)
     if highest is None:  # both unreadable: the failed probes bound the search
         highest = 1 << 40
@@ -241,11 +303,9 @@ def _readable_rows(
         low, high = ranges.pop()
         try:
             rows = conn.execute(sql, (low, high)).fetchall()
-        except sqlite3.Error:
+        except sqlite3.Error:  # the page-by-page read counts what is lost
             failures += 1
-            if low == high:
-                found.unreadable += 1
-            else:
+            if low < high:
                 middle = (low + high) // 2
                 ranges.extend(((middle + 1, high), (low, middle)))
             continue
