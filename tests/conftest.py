@@ -164,3 +164,27 @@ def usage_response(
         choices=[{"message": {"role": "assistant", "content": "ok"}}],
         usage=litellm.Usage(**usage),
     )
+
+
+def fill_outbox(path: Path, calls: int, endpoint: str, no_subject: int = 0) -> None:
+    """An outbox as a logger leaves it while ``endpoint`` is down: ``calls`` recorded
+    calls (real hook arguments, users ``user-0`` and ``user-1``) and ``no_subject``
+    dead letters."""
+    from litellm_openmeter import OpenMeterLogger
+
+    logger = OpenMeterLogger(
+        api_key="x",
+        endpoint=endpoint,
+        outbox_path=path,
+        flush_interval=3600,
+        batch_size=100_000,
+    )
+    for index in range(calls):
+        logger.record_call(hook_kwargs(f"call-{index:05}", user=f"user-{index % 2}"), success=True)
+    for index in range(no_subject):
+        kwargs = hook_kwargs(f"nosub-{index}", user="")
+        kwargs["standard_logging_object"]["model_parameters"] = {}
+        logger.record_call(kwargs, success=True)
+    assert logger.writer.stop(10)
+    logger.sender.stop(1)
+    logger.outbox.close()

@@ -84,12 +84,14 @@ def good_outbox(tmp_path: Path) -> Iterator[Path]:
     assert digest(folder) == before, "the good outbox was changed"
 
 
-def digest(folder: Path) -> dict[str, str]:
-    return {
-        item.name: hashlib.sha256(item.read_bytes()).hexdigest()
-        for item in sorted(folder.iterdir())
-        if item.is_file()
-    }
+def digest(folder: Path) -> tuple[str, int]:
+    """The outbox file's hash and its WAL's size (a command that reads the outbox leaves
+    an empty WAL behind)."""
+    wal = folder / "outbox.sqlite3-wal"
+    return (
+        hashlib.sha256((folder / "outbox.sqlite3").read_bytes()).hexdigest(),
+        wal.stat().st_size if wal.exists() else 0,
+    )
 
 
 @pytest.fixture
@@ -297,3 +299,18 @@ def test_demo_rejects_a_bad_setting_at_once() -> None:
         )
         assert done.returncode == 2 and done.stdout == ""
         assert one_line(done.stderr).startswith(f"litellm-openmeter demo: error: {name}=")
+
+
+def test_a_missing_key_is_named_where_one_is_needed(run: Run) -> None:
+    """The commands that talk to the endpoint need the key; the others run without."""
+    missing = {"OPENMETER_API_KEY": ""}
+    for argv in (["meters", "--apply"], ["outbox", "drain"], ["usage"]):
+        code, _, err = run(argv, missing)
+        line = one_line(err)
+        assert code == 2 and "OPENMETER_API_KEY" in line and "set OPENMETER_API_KEY" in line
+    for argv in (["meters"], ["outbox", "status"], ["outbox", "dead-letters"]):
+        assert run(argv, missing)[0] == 0
+    code, out, _ = run(["doctor"], missing)
+    assert code == 1 and out.startswith("FAIL configuration: Missing keys=['OPENMETER_API_KEY']")
+    with pytest.raises(SettingsError, match="OPENMETER_API_KEY"):
+        OpenMeterLogger()

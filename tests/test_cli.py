@@ -13,12 +13,11 @@ import httpx
 import pytest
 import yaml
 
-from litellm_openmeter import OpenMeterLogger
 from litellm_openmeter.doctor import Check, run_checks
 from litellm_openmeter.meters import meters_for
 from litellm_openmeter.server import BackgroundServer, open_store
 
-from conftest import ALL_TIME, free_port, hook_kwargs
+from conftest import ALL_TIME, fill_outbox, free_port
 
 KEY = "cli-secret-key"
 USAGE = 2
@@ -74,25 +73,6 @@ def run(tmp_path: Path, server: BackgroundServer) -> Run:
         return result
 
     return run_cli
-
-
-def fill_outbox(tmp_path: Path, count: int, endpoint: str, no_subject: int = 0) -> None:
-    logger = OpenMeterLogger(
-        api_key="x",
-        endpoint=endpoint,
-        outbox_path=tmp_path / "outbox.sqlite3",
-        flush_interval=3600,
-        batch_size=10_000,
-    )
-    for index in range(count):
-        logger.record_call(hook_kwargs(f"cli-{index}", user=f"user-{index % 2}"), success=True)
-    for index in range(no_subject):
-        kwargs = hook_kwargs(f"nosub-{index}", user="")
-        kwargs["standard_logging_object"]["model_parameters"] = {}
-        logger.record_call(kwargs, success=True)
-    assert logger.writer.stop(10)
-    logger.sender.stop(1)
-    logger.outbox.close()
 
 
 def test_help_and_version(run: Run) -> None:
@@ -188,7 +168,7 @@ def test_outbox_status_when_empty(run: Run) -> None:
 
 
 def test_outbox_inspect_requeue_drain(run: Run, tmp_path: Path, server: BackgroundServer) -> None:
-    fill_outbox(tmp_path, 30, f"http://127.0.0.1:{free_port()}", no_subject=2)
+    fill_outbox(tmp_path / "outbox.sqlite3", 30, f"http://127.0.0.1:{free_port()}", no_subject=2)
     status = json.loads(run("outbox", "status", "--json").stdout)
     assert status["queued"] == 30 and status["dead_lettered"] == 2 and status["outbox_bytes"] > 0
     table = run("outbox", "status").stdout
@@ -213,7 +193,7 @@ def test_outbox_inspect_requeue_drain(run: Run, tmp_path: Path, server: Backgrou
 
 
 def test_outbox_drain_that_cannot_finish(run: Run, tmp_path: Path) -> None:
-    fill_outbox(tmp_path, 3, "http://127.0.0.1:1")
+    fill_outbox(tmp_path / "outbox.sqlite3", 3, "http://127.0.0.1:1")
     result = run(
         "outbox",
         "drain",
@@ -242,13 +222,16 @@ def test_doctor(run: Run, tmp_path: Path) -> None:
     assert all(c["ok"] for c in checks.values())
     wrong = run("doctor", env={"OPENMETER_API_KEY": "bad-key"}, ok=None)
     assert wrong.returncode == 1 and "FAIL authentication" in wrong.stdout
+    [auth] = [line for line in wrong.stdout.splitlines() if "authentication" in line]
+    assert auth.count("OPENMETER_API_KEY") == 1, auth  # the fix, said once
     down = run("doctor", env={"OPENMETER_API_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, ok=None)
     assert down.returncode == 1 and "FAIL reachable" in down.stdout
     missing = run("doctor", env={"OPENMETER_API_KEY": ""}, ok=None)
     assert missing.returncode == 1 and "OPENMETER_API_KEY" in missing.stdout
+    assert "-> fix: set OPENMETER_API_KEY to your OpenMeter API token" in missing.stdout
     insecure = run("doctor", env={"OPENMETER_API_ENDPOINT": "http://meter.example.com"}, ok=None)
     assert insecure.returncode == 1 and "plain http" in insecure.stdout
-    fill_outbox(tmp_path, 0, "http://127.0.0.1:1", no_subject=1)
+    fill_outbox(tmp_path / "outbox.sqlite3", 0, "http://127.0.0.1:1", no_subject=1)
     dead = run("doctor", ok=None)
     assert dead.returncode == 1 and "FAIL outbox" in dead.stdout and "dead-letters" in dead.stdout
 

@@ -18,6 +18,17 @@ import pytest
 CLI = [sys.executable, "-m", "litellm_openmeter.cli"]
 
 
+def start(command: list[str], tmp_path: Path) -> subprocess.Popen[str]:
+    """The command as a process whose temporary folders go to ``tmp_path``."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+
+
 @pytest.mark.parametrize("shape", ["litellm", "tokens"])
 def test_demo_totals_match_the_stored_events(shape: str) -> None:
     process = subprocess.Popen(
@@ -87,13 +98,7 @@ def test_demo_prints_a_table_and_the_check(tmp_path: Path) -> None:
 def test_demo_keep_prints_the_environment_that_works(tmp_path: Path) -> None:
     """``demo --keep`` prints the variables that point the CLI at its server; with them,
     ``usage`` answers from it."""
-    process = subprocess.Popen(
-        [*CLI, "demo", "--keep", "--calls", "8"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
+    process = start([*CLI, "demo", "--keep", "--calls", "8"], tmp_path)
     try:
         assert process.stdout is not None
         exported = ""
@@ -149,13 +154,7 @@ def test_demo_keep_stops_on_ctrl_c_whichever_thread_gets_it(inherited: str, tmp_
     command = [*CLI, "demo", "--json", "--keep", "--calls", "8"]
     if inherited == "ignored":
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
+    process = start(command, tmp_path)
     try:
         assert process.stdout is not None
         assert json.loads(process.stdout.readline())["verified"]

@@ -21,38 +21,23 @@ from litellm_openmeter import OpenMeterLogger, pages
 from litellm_openmeter.outbox import Outbox, OutboxDamaged
 from litellm_openmeter.salvage import DAMAGED, SALVAGED, damaged_files
 
-from conftest import free_port, hook_kwargs
+from conftest import fill_outbox, free_port, hook_kwargs
 
 PAGE = 4096
 Key = tuple[str, str]
 
 
 def fill(path: Path, calls: int, delivered: int = 0, no_subject: int = 0) -> None:
-    """An outbox as a logger leaves it with the endpoint down: ``calls`` recorded calls
-    (real hook arguments), the first ``delivered`` of them then delivered (so that
-    pages were freed), ``no_subject`` dead letters; the WAL copied back into the file."""
-    logger = OpenMeterLogger(
-        api_key="k",
-        endpoint=f"http://127.0.0.1:{free_port()}",
-        outbox_path=path,
-        flush_interval=3600,
-        batch_size=100_000,
-        delivery="thread",
-    )
-    for index in range(calls):
-        logger.record_call(hook_kwargs(f"call-{index:05}", user=f"u{index % 7}"), success=True)
-    for index in range(no_subject):
-        kwargs = hook_kwargs(f"nosub-{index}", user="")
-        kwargs["standard_logging_object"]["model_parameters"] = {}
-        logger.record_call(kwargs, success=True)
-    assert logger.writer.stop(10)
-    logger.sender.stop(1)
+    """``fill_outbox``, then the first ``delivered`` events delivered (so that pages
+    were freed), and the WAL copied back into the file."""
+    fill_outbox(path, calls, f"http://127.0.0.1:{free_port()}", no_subject)
     if delivered:
-        batch = logger.outbox.claim("1-test", delivered, 60)
-        logger.outbox.ack("1-test", batch)
-    logger.outbox.close()
+        outbox = Outbox(path)
+        outbox.ack("1-test", outbox.claim("1-test", delivered, 60))
+        outbox.close()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
 
 def live_keys(path: Path) -> tuple[dict[Key, str], set[Key], set[Key]]:
