@@ -18,14 +18,18 @@ import pytest
 CLI = [sys.executable, "-m", "litellm_openmeter.cli"]
 
 
-def start(command: list[str], tmp_path: Path) -> subprocess.Popen[str]:
-    """The command as a process whose temporary folders go to ``tmp_path``."""
+def start(
+    command: list[str], tmp_path: Path, without: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """The command as a process whose temporary folders go to ``tmp_path``, with the
+    environment less the variables ``without`` names."""
+    env = {key: value for key, value in os.environ.items() if key not in without}
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        env={**env, "TMPDIR": str(tmp_path)},
     )
 
 
@@ -77,51 +81,40 @@ def test_demo_totals_match_the_stored_events(shape: str) -> None:
     assert {row["subject"] for row in report["usage"]} == {"alice", "bob", "carol"}
 
 
-def test_demo_prints_a_table_and_the_check(tmp_path: Path) -> None:
-    """Piped (no terminal, no COLUMNS), the table keeps every model name whole."""
-    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
-    result = subprocess.run(
-        [*CLI, "demo", "--calls", "8"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "TMPDIR": str(tmp_path)},
-    )
-    assert result.returncode == 0, result.stderr
-    assert not list(tmp_path.glob("litellm-openmeter-demo-*")), "the demo left its folder"
-    assert "Usage per subject and model" in result.stdout
-    assert "text-embedding-3-small" in result.stdout and "claude-sonnet-4-5" in result.stdout
-    assert "0 lost, 0 duplicated" in result.stdout
-    assert "calls made: 8 (7 succeeded, 1 failed, 1 without a user)" in result.stdout
-
-
-def test_demo_keep_prints_the_environment_that_works(tmp_path: Path) -> None:
-    """``demo --keep`` prints the variables that point the CLI at its server; with them,
-    ``usage`` answers from it."""
-    process = start([*CLI, "demo", "--keep", "--calls", "8"], tmp_path)
+def test_demo_prints_a_table_the_check_and_the_environment(tmp_path: Path) -> None:
+    """Piped (no terminal, no COLUMNS): the table keeps every model name whole, the check
+    says nothing was lost, and ``--keep`` prints the variables that point the CLI at its
+    server, with which ``usage`` answers from it. Its folder goes when it stops."""
+    process = start([*CLI, "demo", "--keep", "--calls", "8"], tmp_path, without=("COLUMNS",))
     try:
         assert process.stdout is not None
-        exported = ""
+        printed = []
         for line in process.stdout:
-            if line.strip().startswith("export "):
-                exported = line.strip().removeprefix("export ")
+            printed.append(line)
             if "litellm-openmeter usage" in line:
                 break
-        variables = dict(item.split("=", 1) for item in exported.split())
+        output = "".join(printed)
+        assert "Usage per subject and model" in output and "0 lost, 0 duplicated" in output
+        assert "text-embedding-3-small" in output and "claude-sonnet-4-5" in output
+        assert "calls made: 8 (7 succeeded, 1 failed, 1 without a user)" in output
+        [exported] = [line for line in printed if line.strip().startswith("export ")]
+        variables = dict(item.split("=", 1) for item in exported.split()[1:])
         assert set(variables) == {"OPENMETER_API_ENDPOINT", "OPENMETER_API_KEY"}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENMETER_")}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENMETER_")}
         usage = subprocess.run(
             [*CLI, "usage", "--group-by", "model", "--json"],
             capture_output=True,
             text=True,
             timeout=60,
-            env={**env, **variables},
+            env={**clean, **variables},
         )
         assert usage.returncode == 0, usage.stderr
         assert {row["subject"] for row in json.loads(usage.stdout)} == {"alice", "bob", "carol"}
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert not list(tmp_path.glob("litellm-openmeter-demo-*")), "the demo left its folder"
 
 
 def test_demo_rejects_bad_values() -> None:

@@ -150,20 +150,25 @@ def path_error(path: Path, exc: OSError) -> SettingsError:
     return SettingsError(f"OPENMETER_OUTBOX_PATH={str(path)!r} cannot be used: {problem}", PATH_FIX)
 
 
+def _create(path: Path) -> bool:
+    """Make the outbox file (mode 0600) and its folder (0700) where they are missing;
+    returns whether the file was there already. A path where no file can be is a
+    :class:`SettingsError` that names it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = path.exists()
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # a folder: IsADirectoryError
+        os.close(fd)
+    except OSError as exc:
+        raise path_error(path, exc) from None
+    return existed
+
+
 def probe_path(path: Path) -> None:
     """Raise :class:`SettingsError` unless an outbox can be made or opened at ``path``;
     makes its folder (as the logger would) and nothing else."""
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "Is a directory", str(path))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        existed = path.exists()
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        if not existed:
-            path.unlink()
-    except OSError as exc:
-        raise path_error(path, exc) from None
+    if not _create(path):
+        path.unlink()
 
 
 @dataclass(frozen=True)
@@ -378,15 +383,8 @@ class Outbox:
             raise OutboxDamaged(self.path, str(found[0] if found else "no answer to a check"))
 
     def _prepare_file(self) -> None:
-        try:
-            if self.path.is_dir():
-                raise IsADirectoryError(21, "Is a directory", str(self.path))
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
-            os.chmod(self.path, 0o600)
-        except OSError as exc:
-            raise path_error(self.path, exc) from None
+        _create(self.path)
+        os.chmod(self.path, 0o600)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
