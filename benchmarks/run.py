@@ -33,6 +33,9 @@ FULL = {
     "compare": ["--calls", "1000", "--rounds", "8", "--block", "5", "--pin", "--sink-idle"],
     "gc": ["--calls", "3000", "--repeat", "2"],
     "hook": ["--calls", "1500", "--repeat", "4"],
+    # The real proxy (1 and 2 workers) and the SDK at saturation, with and without the
+    # delivery process.
+    "saturation": ["--rounds", "2", "--level-seconds", "5"],
 }
 QUICK = {
     "steadiness": ["--seconds", "3"],
@@ -41,6 +44,10 @@ QUICK = {
     "compare": ["--calls", "200", "--rounds", "1", "--pin", "--sink-idle"],
     "gc": ["--calls", "300", "--repeat", "1"],
     "hook": ["--calls", "200", "--repeat", "1"],
+    "saturation": [
+        *("--rounds", "1", "--level-seconds", "1", "--workers", "1"),
+        *("--sdk-concurrency", "20", "--states", "healthy"),
+    ],
 }
 
 
