@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,28 @@ def test_a_full_commit_does_not_wait_for_the_pause(
     assert outbox.commits[1:] == [writer_module.MAX_ENTRIES_PER_COMMIT] * 2
     assert writer.drain(60) and outbox.stats().queued == count + 1
     assert writer.stop(60)
+
+
+def test_many_openers_of_a_new_outbox_all_succeed(tmp_path: Path) -> None:
+    # Connections that switch a new file to WAL at the same moment can deadlock on
+    # the lock upgrade, which SQLite reports as "locked" without waiting; every
+    # opener must still get its outbox (a rolling restart opens one file from many
+    # processes at once).
+    failures: list[str] = []
+    for round_ in range(200):
+        path = tmp_path / f"o{round_}.sqlite3"
+        barrier = threading.Barrier(8)
+
+        def open_it(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                Outbox(path).close()
+            except Exception as exc:
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
