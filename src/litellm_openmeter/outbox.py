@@ -32,6 +32,7 @@ import orjson
 from . import forksafe
 from .events import CloudEvent
 from .settings import SettingsError
+from .wal import enter_wal
 
 DELIVERED_MEMORY_SECONDS = 600.0
 """How long delivered ids are remembered to drop late duplicates."""
@@ -337,22 +338,6 @@ def encode(event: CloudEvent) -> str:
         return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _enter_wal(conn: sqlite3.Connection, seconds: float = 30.0) -> None:
-    # Two connections switching a new file to WAL at once can deadlock on the lock
-    # upgrade; SQLite then answers "locked" at once, without its busy handler.
-    deadline = time.monotonic() + seconds
-    pause = 0.001
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
 class Outbox:
     """A durable, multi-process queue of CloudEvents in one SQLite file.
 
@@ -408,7 +393,7 @@ class Outbox:
             conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            _enter_wal(conn)
+            enter_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the sender checkpoints instead

@@ -41,6 +41,7 @@ from ..meters import (
     unique_text,
     value_error,
 )
+from ..wal import enter_wal
 from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
@@ -324,7 +325,7 @@ class Store:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        enter_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA cache_size=-131072")
