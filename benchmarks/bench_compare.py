@@ -8,7 +8,7 @@ shuffled order each cycle, until each made ``--calls``: the machine's speed chan
 from one moment to the next (by 10-30 % here, see ``bench_steadiness.py``), and short
 turns let every configuration meet the same moments. With ``--pin`` every worker runs
 on the same core (cores of a virtual machine can differ by half in speed), with all
-its threads and ours' delivery process: what ours does in the background then delays
+its threads: what ours does in the background then delays
 its own calls, as on a machine with no core to spare. Rounds repeat that with new
 processes.
 
@@ -236,7 +236,6 @@ def summarise(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "cpu_ratio_to_noop": round(cpu / cpu_floor, 3)
                         if cpu and cpu_floor
                         else None,
-                        "delivery_cpu_per_call_us": median("delivery_cpu_per_call_us"),
                         "hook_p50_us": median("hook_us", "p50"),
                         "hook_p99_us": median("hook_us", "p99"),
                         "hook_cpu_p50_us": median("hook_cpu_us", "p50"),
@@ -372,7 +371,7 @@ def main() -> None:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="run every worker (its threads and ours' delivery process too) on the last "
+        help="run every worker (with all its threads) on the last "
         "core, and this process and the endpoints on the others (Linux): each "
         "configuration gets the same core, and ours' background work competes with its "
         "own calls",

@@ -131,12 +131,10 @@ def bench_drain(
     count: int, folder: Path, endpoint: Callable[[], AbstractContextManager[str]], name: str
 ) -> dict[str, Any]:
     """The sender's events/s: ``count`` events wait in the outbox (written while the
-    endpoint was down), then a new process delivers them to ``endpoint``, from its
-    delivery process (the default) and from a thread."""
+    endpoint was down), then a new process delivers them to ``endpoint``."""
     results = {}
-    runs = [(100, "process"), (500, "process"), (100, "thread"), (500, "thread")]
-    for run, (batch, delivery) in enumerate(runs):
-        path = folder / f"{name}-{batch}-{delivery}.sqlite3"
+    for run, batch in enumerate((100, 500)):
+        path = folder / f"{name}-{batch}.sqlite3"
         fill_offline(path, run * count, count)
         with endpoint() as url:
             started = time.perf_counter()
@@ -146,12 +144,11 @@ def bench_drain(
                 outbox_path=path,
                 batch_size=batch,
                 flush_interval=0.05,
-                delivery=delivery,
             )
             assert logger.flush(600)
             elapsed = time.perf_counter() - started
             logger.close(timeout=1)
-        results[f"batch_{batch}_{delivery}"] = {
+        results[f"batch_{batch}"] = {
             "events": count,
             "seconds": round(elapsed, 2),
             "events_per_second": round(count / elapsed),
@@ -175,13 +172,11 @@ def bench_backlog(count: int, folder: Path) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     stats = logger.stats()
     files = sum(os.path.getsize(p) for p in folder.glob("backlog.sqlite3*"))
-    delivery_pid = getattr(logger.sender, "pid", None)
     result = {
         "events_waiting": stats["queued"],
         "enqueue_seconds": round(elapsed, 1),
         "rss_before_mib": round(before, 1),
         "rss_after_mib": round(rss_mib(), 1),
-        "delivery_process_rss_mib": round(rss_mib(delivery_pid), 1) if delivery_pid else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "outbox_bytes_counted": stats["outbox_bytes"],
         "outbox_file_bytes": files,

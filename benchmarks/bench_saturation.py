@@ -1,4 +1,4 @@
-"""Throughput at saturation: is the delivery process worth its machinery?
+"""Throughput at saturation: what metering costs LiteLLM when it has no CPU to spare.
 
 usage: bench_saturation.py [--rounds N] [--level-seconds S] [--workers 1,2]
                            [--sdk-concurrency N] [--markdown FILE.json]
@@ -9,13 +9,12 @@ at rising concurrency until its throughput stops growing (less than 5 % more tha
 best level so far, twice). At the best level's rate it then sends an open-loop load of
 80 % of it and measures latency from each request's scheduled time. And the SDK: one
 process keeping a few hundred ``acompletion`` calls in flight. Configurations: no
-callback, a no-op ``CustomLogger``, ours with its delivery process, ours with
-``OPENMETER_DELIVERY=thread``; the endpoint healthy (``sink.py`` under SCHED_IDLE, as
+callback, a no-op ``CustomLogger``, ours; the endpoint healthy (``sink.py`` under SCHED_IDLE, as
 a remote OpenMeter would be) or down (a closed port). Each round runs every cell
 once, the configurations in turn, so that the machine's drift meets all alike.
 
 Per cell: the maximum calls/s, p50 and p99 latency at 80 % of it, CPU per call of the
-proxy's workers (LiteLLM's processes), of ours' delivery processes, and of the load
+proxy's workers (LiteLLM's processes, ours' threads included) and of the load
 generator, events the endpoint received per second, and, over the rounds, the spread.
 Prints one JSON document; ``--markdown`` prints the tables of a saved one.
 """
@@ -40,7 +39,7 @@ from typing import Any
 import httpx
 from common import free_port, sink
 
-CONFIGS = ("none", "noop", "process", "thread")
+CONFIGS = ("none", "noop", "ours")
 STATES = ("healthy", "down")
 LEVELS = (4, 8, 16, 32, 64, 128)
 MASTER_KEY = "sk-bench-master-0123456789"
@@ -62,8 +61,7 @@ noop = NoOp()
 CALLBACKS = {
     "none": "",
     "noop": "litellm_settings:\n  callbacks: bench_noop.noop\n",
-    "process": "litellm_settings:\n  callbacks: litellm_openmeter.proxy_handler_instance\n",
-    "thread": "litellm_settings:\n  callbacks: litellm_openmeter.proxy_handler_instance\n",
+    "ours": "litellm_settings:\n  callbacks: litellm_openmeter.proxy_handler_instance\n",
 }
 MODEL = """model_list:
   - model_name: gpt-4o
@@ -237,13 +235,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def cpu_by_kind(root: int) -> dict[str, float]:
-    """CPU seconds so far of the proxy's own processes and of ours' delivery processes."""
-    totals = {"proxy": 0.0, "delivery": 0.0}
-    for pid, command in process_tree(root).items():
-        kind = "delivery" if "litellm_openmeter.delivery" in command else "proxy"
-        totals[kind] += cpu_seconds(pid)
-    return totals
+def tree_cpu(root: int) -> float:
+    """CPU seconds so far of the proxy's processes."""
+    return sum(cpu_seconds(pid) for pid in process_tree(root))
 
 
 # -- one proxy cell ---------------------------------------------------------------------
@@ -262,7 +256,6 @@ def proxy(config: str, workers: int, endpoint: str, folder: Path) -> Iterator[tu
         OPENMETER_API_KEY="bench-key",
         OPENMETER_API_ENDPOINT=endpoint,
         OPENMETER_OUTBOX_PATH=str(folder / "outbox.sqlite3"),
-        OPENMETER_DELIVERY="thread" if config == "thread" else "process",
         PYTHONPATH=os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
     )
     process = subprocess.Popen(
@@ -305,7 +298,7 @@ def proxy(config: str, workers: int, endpoint: str, folder: Path) -> Iterator[tu
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for pid in tree:  # no worker or delivery process may take CPU from the next cell
+        for pid in tree:  # no worker may take CPU from the next cell
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -340,9 +333,9 @@ def proxy_cell(
                     break
         assert best is not None
         rate = 0.8 * best["calls_per_s"]
-        cpu_before, events_before = cpu_by_kind(pid), received(sink_url)
+        cpu_before, events_before = tree_cpu(pid), received(sink_url)
         at_80 = run_load("open", url, rate, level_seconds * 2)
-        cpu_after, events_after = cpu_by_kind(pid), received(sink_url)
+        cpu_after, events_after = tree_cpu(pid), received(sink_url)
     calls = max(1, at_80["calls"])
     return {
         "kind": "proxy",
@@ -353,8 +346,7 @@ def proxy_cell(
         "max_calls_per_s": best["calls_per_s"],
         "max_at_concurrency": best["concurrency"],
         "at_80": at_80,
-        "proxy_cpu_us_per_call": (cpu_after["proxy"] - cpu_before["proxy"]) / calls * 1e6,
-        "delivery_cpu_us_per_call": (cpu_after["delivery"] - cpu_before["delivery"]) / calls * 1e6,
+        "proxy_cpu_us_per_call": (cpu_after - cpu_before) / calls * 1e6,
         "load_cpu_us_per_call": at_80["load_cpu_s"] / calls * 1e6,
         "events_per_s": (events_after - events_before) / (level_seconds * 2),
     }
@@ -379,10 +371,10 @@ class NoOp(CustomLogger):
 
 if config == "noop":
     litellm.callbacks = [NoOp()]
-elif config in ("process", "thread"):
+elif config == "ours":
     from litellm_openmeter import OpenMeterLogger
 
-    litellm.callbacks = [OpenMeterLogger(delivery=config)]
+    litellm.callbacks = [OpenMeterLogger()]
 
 
 async def main():
@@ -464,7 +456,6 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p50_ms_at_80": _spread(p50),
                 "p99_ms_at_80": _spread(p99),
                 "proxy_cpu_us": _spread([run["proxy_cpu_us_per_call"] for run in runs]),
-                "delivery_cpu_us": _spread([run["delivery_cpu_us_per_call"] for run in runs]),
                 "load_cpu_us": _spread([run["load_cpu_us_per_call"] for run in runs]),
                 "events_per_s": _spread([run["events_per_s"] for run in runs]),
             }
@@ -497,8 +488,8 @@ def _fmt(value: dict[str, float] | None, digits: int = 0) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| workers | endpoint | config | max calls/s | p50 ms at 80 % | p99 ms at 80 % "
-        "| proxy CPU us/call | delivery CPU us/call | events/s at 80 % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| proxy CPU us/call | events/s at 80 % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["kind"] != "proxy":
@@ -507,7 +498,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {row['workers']} | {row['state']} | {row['config']} "
             f"| {_fmt(row['max_calls_per_s'])} | {_fmt(row['p50_ms_at_80'], 1)} "
             f"| {_fmt(row['p99_ms_at_80'], 1)} | {_fmt(row['proxy_cpu_us'])} "
-            f"| {_fmt(row['delivery_cpu_us'])} | {_fmt(row['events_per_s'])} |"
+            f"| {_fmt(row['events_per_s'])} |"
         )
     lines += [
         "",

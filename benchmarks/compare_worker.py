@@ -31,7 +31,7 @@ from typing import Any
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 if os.environ.get("BENCH_WORKER_CORE") and hasattr(os, "sched_setaffinity"):
-    # Before any thread starts: every thread, and ours' delivery process, inherit it.
+    # Before any thread starts: every thread inherits it.
     os.sched_setaffinity(0, {int(os.environ["BENCH_WORKER_CORE"])})
 
 import litellm
@@ -104,9 +104,6 @@ def make_callback(config: str, endpoint: str, folder: Path) -> CustomLogger | No
         logger = OpenMeterLogger(
             api_key="bench-key", endpoint=endpoint, outbox_path=folder / "outbox.sqlite3"
         )
-        # Its delivery process starts with the first stored call; start it now, so that
-        # the warm-up's calls reach it and measuring_starts() can wait for it.
-        logger.sender.ensure_started()
         return logger
     raise SystemExit(f"unknown config {config!r}: use none, noop, builtin or ours")
 
@@ -129,9 +126,8 @@ ThreadUsage = tuple[float, int, int, int, int]
 preemptions, and from ``schedstat`` (exact, nanoseconds) its time on a core and its time
 waiting for one."""
 
-Usage = tuple[float, float | None, dict[str, ThreadUsage]]
-"""CPU seconds so far of this process and of ours' delivery process, and
-``thread_usage``."""
+Usage = tuple[float, dict[str, ThreadUsage]]
+"""CPU seconds so far of this process, and ``thread_usage``."""
 
 
 def thread_usage() -> dict[str, ThreadUsage]:
@@ -271,44 +267,29 @@ def main() -> None:
     first_call_at: list[float] = []
 
     def usage_now() -> Usage:
-        """CPU so far: this process, ours' delivery process (None for the others) and
-        each thread of this process."""
-        child = getattr(getattr(callback, "sender", None), "pid", None)
-        delivery = stat_cpu(Path(f"/proc/{child}/stat")) if child is not None else None
-        return time.process_time(), delivery, thread_usage()
+        """CPU so far: this process and each of its threads."""
+        return time.process_time(), thread_usage()
 
     def measuring_starts() -> Usage:
-        """After the warm-up: wait until ours' delivery process has started and stored
-        the warm-up's calls (its start, a new Python importing its modules, is a few
-        hundred milliseconds of CPU that belong in no worker's measured calls); then
-        forget the warm-up's hooks and take the CPU so far."""
+        """After the warm-up: wait until ours stored the warm-up's calls; then forget
+        the warm-up's hooks and take the CPU so far."""
         writer = getattr(callback, "writer", None)
         if writer is not None:
             writer.drain(60)
-        sender = getattr(callback, "sender", None)
-        if sender is not None and hasattr(sender, "wait_relayed"):
-            # It confirms what it was handed only once it runs: then it has started.
-            sender.wait_relayed(60)
         hook_times.clear()
         hook_cpu.clear()
         return usage_now()
 
     def measured_usage(before: Usage) -> dict[str, Any]:
-        """Per call since ``before``: CPU of this process and of ours' delivery process
-        (another process: not in the first), and per thread."""
+        """Per call since ``before``: CPU of this process, and per thread."""
         made = max(1, len(latencies))
-        cpu, delivery, _ = usage_now()
+        cpu, _ = usage_now()
         return {
             # CPU time of every thread of the process, calls and hooks, per call:
             # steadier than wall time on a shared machine.
             "cpu_per_call_us": round((cpu - before[0]) / made * 1e6, 1),
-            "delivery_cpu_per_call_us": (
-                round((delivery - before[1]) / made * 1e6, 1)
-                if delivery is not None and before[1] is not None
-                else None
-            ),
             # per thread, per call: where the CPU went and how often threads switched
-            "threads": per_thread(before[2], made),
+            "threads": per_thread(before[1], made),
         }
 
     def turn_starts() -> float:

@@ -42,7 +42,6 @@ BAD_SETTINGS: dict[str, list[str]] = {
     "OPENMETER_OUTBOX_MAX_BYTES": ["1e9", "big"],
     "OPENMETER_SHUTDOWN_TIMEOUT": ["-1", "inf"],
     "OPENMETER_HTTP_TIMEOUT": ["0", "NaN"],
-    "OPENMETER_DELIVERY": ["proc"],
 }
 CASES = [(name, value) for name, values in BAD_SETTINGS.items() for value in values]
 DEMO_OVERRIDES = {
@@ -289,7 +288,7 @@ def test_demo_rejects_a_bad_setting_at_once() -> None:
     """As a real subprocess: one line and exit 2, before LiteLLM is started (the
     output has none of the demo's)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
-    for name, value in (("OPENMETER_BATCH_SIZE", "abc"), ("OPENMETER_DELIVERY", "proc")):
+    for name, value in (("OPENMETER_BATCH_SIZE", "abc"), ("OPENMETER_SUBJECT_FROM", "email")):
         done = subprocess.run(
             [sys.executable, "-m", "litellm_openmeter.cli", "demo"],
             capture_output=True,

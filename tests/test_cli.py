@@ -13,7 +13,6 @@ import httpx
 import pytest
 import yaml
 
-from litellm_openmeter.doctor import Check, run_checks
 from litellm_openmeter.meters import meters_for
 from litellm_openmeter.server import BackgroundServer, open_store
 
@@ -214,10 +213,7 @@ def test_doctor(run: Run, tmp_path: Path) -> None:
     assert "litellm-openmeter meters --apply" in failing.stdout
     run("meters", "--apply")
     healthy = run("doctor")
-    assert healthy.stdout.count("ok  ") == 7, healthy.stdout
-    assert "ok   delivery: the delivery process starts" in healthy.stdout
-    threaded = run("doctor", env={"OPENMETER_DELIVERY": "thread"})
-    assert "ok   delivery: from a thread of LiteLLM's process" in threaded.stdout
+    assert healthy.stdout.count("ok  ") == 6, healthy.stdout
     checks = {c["name"]: c for c in json.loads(run("doctor", "--json").stdout)}
     assert all(c["ok"] for c in checks.values())
     wrong = run("doctor", env={"OPENMETER_API_KEY": "bad-key"}, ok=None)
@@ -234,37 +230,6 @@ def test_doctor(run: Run, tmp_path: Path) -> None:
     fill_outbox(tmp_path / "outbox.sqlite3", 0, "http://127.0.0.1:1", no_subject=1)
     dead = run("doctor", ok=None)
     assert dead.returncode == 1 and "FAIL outbox" in dead.stdout and "dead-letters" in dead.stdout
-
-
-def test_doctor_delivery_process(
-    server: BackgroundServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The delivery check starts a real delivery process, which opens no outbox; one
-    that cannot start fails the check with the child's own error and the fix."""
-    outbox = tmp_path / "outbox.sqlite3"
-    env = {
-        "OPENMETER_API_KEY": KEY,
-        "OPENMETER_API_ENDPOINT": server.url,
-        "OPENMETER_OUTBOX_PATH": str(outbox),
-    }
-
-    def delivery_check() -> Check:
-        return next(check for check in run_checks(env) if check.name == "delivery")
-
-    assert delivery_check().ok
-    # Where sys.executable is not a Python (an application server's binary, say), the
-    # child cannot start: the check says why, with the way out.
-    host = tmp_path / "app-server"
-    host.write_text('#!/bin/sh\necho "app-server: unknown option -m" >&2\nexit 3\n')
-    host.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(host))
-    broken = delivery_check()
-    assert not broken.ok
-    assert "exited with code 3 before it ran: app-server: unknown option -m" in broken.message
-    assert "OPENMETER_DELIVERY=thread" in broken.fix
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "missing"))
-    assert "cannot run" in delivery_check().message
-    assert not outbox.exists()
 
 
 def test_usage(run: Run, server: BackgroundServer) -> None:

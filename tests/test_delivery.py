@@ -4,7 +4,6 @@ OpenMeter or a network can: nothing lost, ids stable, bad events dead-lettered."
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import stat
@@ -24,13 +23,6 @@ from litellm_openmeter.transport import HttpTransport, parse_retry_after
 
 from conftest import cloud_event, free_port, hook_kwargs, stored, wait_for
 from ingest_server import Answer, Recorded, RecordingServer, problem
-
-
-@pytest.fixture(params=["process", "thread"])
-def make_logger(request: pytest.FixtureRequest, make_logger: Any) -> Any:
-    """Every delivery test runs with the sender in a child process (the default) and in
-    a thread of the test's process."""
-    return functools.partial(make_logger, delivery=request.param)
 
 
 def record(logger: Any, count: int, prefix: str = "call") -> set[str]:
@@ -337,37 +329,11 @@ def outbox_and_sender(
     return outbox, Sender(settings, outbox, transport_factory=lambda: transport(settings))
 
 
-def test_a_prepared_sender_sends_with_the_client_it_made_at_start(
+def test_a_client_that_cannot_be_made_is_made_again_at_the_next_send(
     tmp_path: Path, ingest: RecordingServer
 ) -> None:
-    """The delivery process makes its HTTP client before it takes any work, not at its
-    first send; that client is the one every batch goes through."""
-    made: list[HttpTransport] = []
-
-    def transport(settings: Settings) -> HttpTransport:
-        made.append(HttpTransport(settings))
-        return made[-1]
-
-    outbox, sender = outbox_and_sender(tmp_path, ingest, transport)
-    sender.prepare()
-    sender.prepare()
-    assert len(made) == 1
-    outbox.enqueue([cloud_event(f"prepared-{n}", "cust", {"total_tokens": 1}) for n in range(3)])
-    try:
-        assert sender.flush(10)
-        outbox.enqueue([cloud_event("prepared-late", "cust", {"total_tokens": 1})])
-        assert sender.flush(10)
-    finally:
-        sender.stop(5)
-    assert ingest.accepted_ids() == {"prepared-0", "prepared-1", "prepared-2", "prepared-late"}
-    assert len(made) == 1
-
-
-def test_a_sender_whose_client_fails_at_start_makes_it_at_the_first_send(
-    tmp_path: Path, ingest: RecordingServer
-) -> None:
-    """``prepare`` never raises: a client that cannot be made at start is made at the
-    first send, and the events still arrive."""
+    """A failure to make the HTTP client (no CA bundle yet, say) is retried like any
+    failed send, and the events still arrive."""
     attempts: list[str] = []
 
     def transport(settings: Settings) -> HttpTransport:
@@ -377,7 +343,6 @@ def test_a_sender_whose_client_fails_at_start_makes_it_at_the_first_send(
         return HttpTransport(settings)
 
     outbox, sender = outbox_and_sender(tmp_path, ingest, transport)
-    sender.prepare()  # does not raise
     outbox.enqueue([cloud_event("late-client", "cust", {"total_tokens": 1})])
     try:
         assert sender.flush(10)

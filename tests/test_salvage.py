@@ -200,7 +200,7 @@ def test_salvage_reports_and_repeats_safely(tmp_path: Path) -> None:
         assert f"litellm-openmeter outbox salvage {path}" in failed.stderr
     doctor = cli("doctor", outbox=path, ok=1).stdout
     assert f"FAIL outbox: the outbox {path} is damaged" in doctor
-    OpenMeterLogger(api_key="k", outbox_path=path, delivery="thread").close(timeout=1)
+    OpenMeterLogger(api_key="k", outbox_path=path).close(timeout=1)
     [moved] = damaged_files(path)
     assert f"litellm-openmeter outbox salvage {moved}" in cli("doctor", outbox=path, ok=1).stdout
     copy = tmp_path / "copy-of-damaged.sqlite3"

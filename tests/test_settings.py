@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,7 @@ def test_key_never_in_repr() -> None:
         ("OPENMETER_BATCH_SIZE", "ten", "whole number"),
         ("OPENMETER_FLUSH_INTERVAL", "soon", "number"),
         ("OPENMETER_EVENT_TYPE", " ", "must not be empty"),
-        ("OPENMETER_DELIVERY", "fork", "process, thread"),
+        ("OPENMETER_EVENT_SHAPE", "rows", "litellm, tokens"),
     ],
 )
 def test_invalid_values_name_variable_and_accepted(name: str, value: str, accepted: str) -> None:
@@ -78,9 +77,8 @@ def test_booleans_and_tokens_default_type() -> None:
         }
     )
     assert conf.trust_request_user is False and conf.meter_failures is True
-    assert conf.delivery == "process"
-    threaded = Settings.from_env({"OPENMETER_API_KEY": "k", "OPENMETER_DELIVERY": "Thread"})
-    assert threaded.delivery == "thread"
+    shouted = Settings.from_env({"OPENMETER_API_KEY": "k", "OPENMETER_EVENT_SHAPE": "Tokens"})
+    assert shouted.event_shape == "tokens"
     assert conf.event_type == "prompt"
     assert conf.failure_event_type == "prompt_failure"
     assert "user" not in conf.subject_from
@@ -104,15 +102,3 @@ def test_default_outbox_under_cache_dir(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     conf = Settings.from_env({"OPENMETER_API_KEY": "k"})
     assert conf.outbox_path == tmp_path / "litellm-openmeter" / "outbox.sqlite3"
-
-
-def test_settings_reach_the_delivery_process_unchanged(tmp_path: Path) -> None:
-    from litellm_openmeter.delivery import settings_from_message, settings_message
-
-    conf = Settings.from_env(
-        {"OPENMETER_API_KEY": "k", "OPENMETER_SUBJECT_FROM": "team_id,user"},
-        outbox_path=tmp_path / "o.db",
-        batch_size=7,
-        http_timeout=2.5,
-    )
-    assert settings_from_message(json.loads(json.dumps(settings_message(conf)))) == conf

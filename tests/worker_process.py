@@ -1,13 +1,9 @@
 """A process that makes real LiteLLM mock calls through OpenMeterLogger (for crash tests).
 
 usage: worker_process.py OUTBOX ENDPOINT CALLS PREFIX {hang|flush|deliver}
-  hang:    after the hooks stored every event, print STORED and the delivery process's
-           pid, and wait to be killed
+  hang:    after the hooks stored every event, print STORED and wait to be killed
   flush:   store, then flush and exit (prints FLUSHED True|False)
   deliver: make no calls; deliver what the outbox holds, print DELIVERED and exit
-  relay:   print CHILD and the delivery process's pid, wait for a line on stdin, make
-           the calls, print HANDED once the writer handed them all to the delivery
-           process (stored or not), and wait to be killed
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 import litellm
 
 from litellm_openmeter import OpenMeterLogger
-from litellm_openmeter.delivery import DeliveryProcess
 
 
 def main() -> None:
@@ -38,11 +33,6 @@ def main() -> None:
     if mode == "deliver":
         print("DELIVERED", logger.flush(60), flush=True)
         return
-    if mode == "relay":
-        assert isinstance(logger.sender, DeliveryProcess)
-        logger.sender.ensure_started()
-        print("CHILD", logger.sender.pid, flush=True)
-        sys.stdin.readline()
     litellm.callbacks = [logger]
     for index in range(int(calls)):
         litellm.completion(
@@ -53,15 +43,10 @@ def main() -> None:
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if mode == "relay" and logger.stats()["calls_seen"] >= int(calls):
-            if logger.writer.pending == 0:
-                print("HANDED", flush=True)
-                while True:
-                    time.sleep(3600)
-        elif logger.stats()["enqueued"] >= int(calls):
+        if logger.stats()["enqueued"] >= int(calls):
             break
         time.sleep(0.01)
-    print("STORED", getattr(logger.sender, "pid", None), flush=True)
+    print("STORED", flush=True)
     if mode == "hang":
         while True:
             time.sleep(3600)

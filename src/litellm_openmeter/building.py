@@ -1,12 +1,7 @@
-"""From what a hook read of a call (its ``usage.call_form``) to the events to store,
-wherever that runs.
+"""From what a hook read of a call (its ``usage.call_form``) to the events to store.
 
-The logger's writer thread builds them, or, by default, the delivery process does (so
-that LiteLLM's process spends no time on it): the call then goes there as JSON
-(:func:`call_json`, about 2 us against 11 us for the record and its events), made by
-the writer for a whole turn at once. A form holding anything but plain JSON values, a
-custom subject resolver, or a call with held proxy events keeps the building in
-LiteLLM's process.
+The logger's writer thread runs it for a whole turn of calls at once, off the request
+path; what cannot be built is kept as a dead letter.
 """
 
 from __future__ import annotations
@@ -18,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from .outbox import Outbox
 from .settings import Settings
@@ -27,13 +20,6 @@ from .usage import CALL_FIELDS, UsageRecord, record_from_form
 
 log = logging.getLogger("litellm_openmeter")
 
-# A value orjson would change on the way (a subclass, a datetime, a dataclass) makes it
-# refuse the form instead: such a call is built where it was taken.
-_STRICT = (
-    orjson.OPT_PASSTHROUGH_SUBCLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-)
 _CALL_ID = CALL_FIELDS.index("litellm_call_id")
 
 
@@ -43,15 +29,6 @@ class Unreadable:
 
     call_id: str
     detail: str
-
-
-def call_json(form: Sequence[Any]) -> bytes | None:
-    """A :func:`usage.call_form` as JSON, for another process to build its events from
-    the parsed list; None when a value would not come back the same (not plain JSON)."""
-    try:
-        return orjson.dumps(form, option=_STRICT)
-    except TypeError:  # orjson.JSONEncodeError too
-        return None
 
 
 class CallBuilder:
@@ -66,9 +43,9 @@ class CallBuilder:
     def build(
         self, form: Sequence[Any] | Unreadable, resolver: SubjectResolver | None = None
     ) -> tuple[str, list[CloudEvent]] | None:
-        """The call's id and events from its :func:`usage.call_form` (or its parsed
-        JSON); None when there are none, or when they cannot be built (then they are
-        kept as a dead letter). Never raises."""
+        """The call's id and events from its :func:`usage.call_form`; None when there
+        are none, or when they cannot be built (then they are kept as a dead letter).
+        Never raises."""
         if isinstance(form, Unreadable):
             call_id, detail = form.call_id, form.detail
         else:

@@ -1,23 +1,19 @@
-"""``litellm-openmeter doctor``: configuration, reachability, key, meters, outbox and
-delivery process checks, each with the fix when it fails."""
+"""``litellm-openmeter doctor``: configuration, reachability, key, meters and outbox
+checks, each with the fix when it fails."""
 
 from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import delivery
 from .client import ClientError, OpenMeterClient
 from .outbox import Outbox, OutboxDamaged, probe_path
 from .salvage import damaged_files, salvage_command
 from .settings import Settings, SettingsError
 
 STUCK_AFTER_SECONDS = 600.0
-PROBE_SECONDS = 30.0
-"""How long the delivery process may take to start (a cold import can take seconds)."""
 
 
 @dataclass(frozen=True)
@@ -113,31 +109,7 @@ def run_checks(env: Mapping[str, str] | None = None) -> list[Check]:
                     )
                 )
     checks.append(_outbox_check(settings))
-    checks.append(_delivery_check(settings))
     return checks
-
-
-def _delivery_check(settings: Settings) -> Check:
-    if settings.delivery == "thread":
-        return Check(
-            "delivery", True, "from a thread of LiteLLM's process (OPENMETER_DELIVERY=thread)"
-        )
-    started = time.monotonic()
-    problem = delivery.probe(timeout=PROBE_SECONDS)
-    if problem is not None:
-        return Check(
-            "delivery",
-            False,
-            f"the delivery process ({' '.join(delivery.child_command())}) {problem}; a logger "
-            "would send from a thread of LiteLLM's process instead, after a warning",
-            "fix the error, or set OPENMETER_DELIVERY=thread to send from a thread from the start",
-        )
-    return Check(
-        "delivery",
-        True,
-        f"the delivery process starts ({delivery.child_command()[0]}, ready in "
-        f"{time.monotonic() - started:.1f}s)",
-    )
 
 
 def _outbox_check(settings: Settings) -> Check:

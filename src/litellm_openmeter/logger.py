@@ -2,9 +2,8 @@
 
 Drop-in for ``litellm.integrations.openmeter.OpenMeterLogger``: same constructor
 (no required arguments), same environment, same default event shape. The writer
-thread builds the events and stores them, or by default hands the calls to the
-delivery process, which builds, stores and sends their events (see ``delivery`` and
-``building``); network I/O happens only in the sender.
+thread builds the events and stores them (see ``writer`` and ``building``); the sender
+thread delivers them, and is the only one that touches the network.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import forksafe, metrics
-from .building import CallBuilder, Unreadable, call_json, cannot_build, text_or
-from .delivery import DeliveryProcess
+from .building import CallBuilder, Unreadable, cannot_build, text_or
 from .events import CloudEvent, SubjectResolver, build_events
 from .outbox import Entry, Held
 from .salvage import open_outbox
@@ -68,21 +66,8 @@ class OpenMeterLogger(CustomLogger):
         )
         self.outbox = open_outbox(self.settings.outbox_path, self.settings.outbox_max_bytes)
         self.builder = CallBuilder(self.settings, self.outbox)
-        self.sender: Sender | DeliveryProcess
-        if self.settings.delivery == "process":
-            self.sender = DeliveryProcess(
-                self.settings,
-                self.outbox,
-                on_stored=self._stored,
-                on_relayed=self._relayed,
-                prepare=self._prepare_call,
-            )
-            self.writer = Writer(
-                self.outbox, self._stored, self._prepare_call, self.sender, self._relay_form
-            )
-        else:
-            self.sender = Sender(self.settings, self.outbox)
-            self.writer = Writer(self.outbox, self._stored, self._prepare_call)
+        self.sender = Sender(self.settings, self.outbox)
+        self.writer = Writer(self.outbox, self._stored, self._prepare_call)
         self._held: dict[str, Held] = {}
         self._since_wake = 0
         self._enqueued = 0
@@ -186,8 +171,7 @@ class OpenMeterLogger(CustomLogger):
         """A hook's whole work, with ``writer.submit_later`` (which also counts the
         call): read the values the call's record needs (``usage.call_form``: lookups
         that run in C into plain tuples) for the writer thread, which builds the events
-        (``_prepare_call``) or relays the call to the delivery process, which builds
-        them (``_relay_form``). Never raises.
+        (``_prepare_call``). Never raises.
 
         Everything else waits for the writer's turn, where it runs for many calls at
         once: work in a hook delays every call (a sync hook runs in LiteLLM's logging
@@ -218,14 +202,6 @@ class OpenMeterLogger(CustomLogger):
         call_id, events = built
         return Entry(events, settle=self._take_hold(call_id))
 
-    def _relay_form(self, form: object) -> bytes | None:
-        """The call as JSON for the delivery process to build its events, or None when
-        they must be built here: a custom subject resolver (it lives in this process),
-        held proxy events to settle, or values that are not plain JSON."""
-        if self.resolve_subject is not None or self._held:
-            return None
-        return call_json(form) if type(form) is tuple else None
-
     def _events_to_hold(self, data: Any) -> tuple[str, list[CloudEvent]] | None:
         try:
             logging_obj = data.get("litellm_logging_obj") if isinstance(data, dict) else None
@@ -255,7 +231,7 @@ class OpenMeterLogger(CustomLogger):
         """Turn one call's hook arguments into events and hand them to the writer
         thread, which stores them in the outbox within ``writer.COMMIT_INTERVAL``; never
         raises. Returns the events (empty when none or on failure). The hooks do the
-        same, but leave the building to the writer thread or the delivery process.
+        same, but leave the building to the writer thread.
         """
         entry = self._prepare_call(self._handed_over(kwargs, success))
         if entry is None:
@@ -330,11 +306,6 @@ class OpenMeterLogger(CustomLogger):
         if self._since_wake >= self.settings.batch_size:
             self._since_wake = 0
             self.sender.wake()
-
-    def _relayed(self, added: int) -> None:
-        """In the listening thread, when the delivery process stored a batch."""
-        with self._lock:
-            self._enqueued += added
 
 
 def _call_id(kwargs: Any) -> str:

@@ -1,7 +1,6 @@
 """The sender: a background thread moving events from the outbox to OpenMeter.
 
-It runs in the delivery process by default (see ``delivery``), or in the LiteLLM
-process itself with ``OPENMETER_DELIVERY=thread``, and for ``outbox drain``.
+It runs in the LiteLLM process, one per logger, and for ``outbox drain``.
 
 It batches (``batch_size`` events, or whatever waits after ``flush_interval``),
 retries with exponential backoff and full jitter until delivered, splits a rejected
@@ -36,18 +35,13 @@ def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.ra
 
 
 class Sender:
-    """Delivers the outbox in the background; start it with :meth:`ensure_started`.
-
-    ``on_pause`` is called in the thread whenever delivery pauses (with the reason)
-    or resumes (with None).
-    """
+    """Delivers the outbox in the background; start it with :meth:`ensure_started`."""
 
     def __init__(
         self,
         settings: Settings,
         outbox: Outbox,
         transport_factory: Callable[[], HttpTransport] | None = None,
-        on_pause: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -61,9 +55,7 @@ class Sender:
         self._owner = ""
         self._failures = 0
         self._flush_requests = 0
-        self._flush_until = 0.0
         self.paused_reason: str | None = None
-        self._on_pause = on_pause
         self._busy = False
         self._last_forget = 0.0
         self._last_checkpoint = 0.0
@@ -93,20 +85,6 @@ class Sender:
             )
             self._thread.start()
 
-    def prepare(self) -> None:
-        """Make the HTTP client now instead of at the first send: about 70 ms of CPU
-        (httpx loads its TLS certificates), which the delivery process spends while it
-        starts rather than in the middle of LiteLLM's traffic. Call it before
-        :meth:`ensure_started`. Never raises: a client that cannot be made now is made
-        at the first send, whose failure is logged and retried like any other."""
-        try:
-            self._client()
-        except Exception as exc:
-            log.debug(
-                "litellm-openmeter: HTTP client not made at start (%s); the first send makes it",
-                type(exc).__name__,
-            )
-
     def wake(self) -> None:
         """Ask the thread to look at the outbox now."""
         self._wake.set()
@@ -130,12 +108,6 @@ class Sender:
         finally:
             with self._idle:
                 self._flush_requests -= 1
-
-    def request_flush(self, seconds: float) -> None:
-        """Send partial batches at once for the next ``seconds`` (a flush asked from
-        another process, which watches the outbox itself)."""
-        self._flush_until = max(self._flush_until, time.monotonic() + seconds)
-        self._wake.set()
 
     def stop(self, timeout: float) -> None:
         """Stop the thread (after the batch in hand) and close the HTTP client."""
@@ -208,9 +180,7 @@ class Sender:
                 log.debug("litellm-openmeter checkpoint skipped: %s", exc)
 
     def _flushing(self) -> bool:
-        return (
-            self._flush_requests > 0 or self._stop.is_set() or time.monotonic() < self._flush_until
-        )
+        return self._flush_requests > 0 or self._stop.is_set()
 
     def _step(self) -> float:
         """One round: send a batch if one is due; returns how long to wait after."""
@@ -240,7 +210,7 @@ class Sender:
                     log.error(
                         "litellm-openmeter delivery paused, every event kept: %s", result.detail
                     )
-                self._set_paused(result.detail)
+                self.paused_reason = result.detail
                 return self.settings.retry_max_delay
             delay = backoff_delay(self._failures - 1, self.settings.retry_max_delay)
             if result.retry_after is not None:
@@ -256,21 +226,21 @@ class Sender:
             return delay
         if self.paused_reason is not None or self._failures:
             log.warning("litellm-openmeter delivery resumed after %d failure(s)", self._failures)
-        self._set_paused(None)
+        self.paused_reason = None
         self._failures = 0
         return 0.0
 
-    def _set_paused(self, reason: str | None) -> None:
-        changed = reason != self.paused_reason
-        self.paused_reason = reason
-        if changed and self._on_pause is not None:
-            self._on_pause(reason)
-
     def _send(self, batch: Sequence[Claimed]) -> SendResult:
-        return self._client().send([item.body for item in batch])
+        try:
+            client = self._client()
+        except Exception as exc:  # no CA bundle yet, say: retried like a failed send
+            return SendResult(
+                Outcome.RETRY, detail=f"cannot make the HTTP client: {type(exc).__name__}: {exc}"
+            )
+        return client.send([item.body for item in batch])
 
     def _client(self) -> HttpTransport:
-        """The HTTP transport, made on first use (or by :meth:`prepare`)."""
+        """The HTTP transport, made on first use."""
         if self._transport is None:
             self._transport = self._transport_factory()
         return self._transport

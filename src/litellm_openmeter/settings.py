@@ -17,7 +17,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 EventShape = Literal["litellm", "tokens"]
-DeliveryMode = Literal["process", "thread"]
 
 SUBJECT_SOURCES: tuple[str, ...] = (
     "user",
@@ -93,7 +92,6 @@ class Settings:
     outbox_max_bytes: int = 1024**3
     shutdown_timeout: float = 5.0
     http_timeout: float = 10.0
-    delivery: DeliveryMode = "process"
 
     @property
     def events_url(self) -> str:
@@ -147,11 +145,6 @@ class Settings:
             ),
             shutdown_timeout=reader.number("OPENMETER_SHUTDOWN_TIMEOUT", 5.0, low=0.0),
             http_timeout=reader.number("OPENMETER_HTTP_TIMEOUT", 10.0, low=0.001),
-            delivery=(
-                "thread"
-                if reader.choice("OPENMETER_DELIVERY", ("process", "thread"), "process") == "thread"
-                else "process"
-            ),
         )
         reader.reject_unknown_overrides()
         return settings
@@ -301,5 +294,4 @@ _KNOWN_KEYS = (
     "outbox_max_bytes",
     "shutdown_timeout",
     "http_timeout",
-    "delivery",
 )

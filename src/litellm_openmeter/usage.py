@@ -143,8 +143,7 @@ async call, its event loop), where only lookups that run in C are cheap;
 :func:`record_from_form` puts the names back later, elsewhere. It keeps none of
 LiteLLM's containers but the small usage mapping: LiteLLM's objects for the call are
 freed with the call (kept until the writer's turn, they would outlive young garbage
-collections and pile up for a full one). When LiteLLM's values are plain JSON, so is
-the form, and its JSON (lists for tuples) builds the same record in another process.
+collections and pile up for a full one).
 """
 
 
@@ -173,7 +172,7 @@ def call_form(kwargs: Mapping[str, object], success: bool = True) -> CallForm:
     if end_time is not None:
         epoch = slo.get("endTime")
         if (type(epoch) is float and 0 < epoch < math.inf) or _epoch(epoch) is not None:
-            end_time = None  # only the fallback; a datetime is not plain JSON
+            end_time = None  # only the fallback: not kept when the payload has the time
     exception = get("exception")
     if exception is not None:
         exception = type(exception).__name__
@@ -196,7 +195,7 @@ def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) ->
 
 
 def record_from_form(form: Sequence[Any]) -> UsageRecord:
-    """Build a :class:`UsageRecord` from a :func:`call_form` (or its parsed JSON)."""
+    """Build a :class:`UsageRecord` from a :func:`call_form`."""
     (
         success,
         call_values,

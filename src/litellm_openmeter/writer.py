@@ -1,10 +1,8 @@
 """The writer: one thread per process that turns hooks' calls into stored events.
 
 A hook hands its call over and returns at once; the writer builds the events of
-whatever has arrived meanwhile and stores them in one SQLite transaction, or hands
-the calls to the delivery process, which does both (a ``Relay``: then LiteLLM's
-process spends no time building events nor in SQLite). The request path never waits
-for a commit, nor for the GIL after SQLite gave it up (with another thread busy,
+whatever has arrived meanwhile and stores them in one SQLite transaction. The request
+path never waits for a commit, nor for the GIL after SQLite gave it up (with another thread busy,
 taking it back can cost milliseconds), and many calls share one commit.
 
 While calls keep coming the writer works at most every ``COMMIT_INTERVAL`` seconds:
@@ -23,9 +21,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 from . import forksafe
 from .outbox import Entry, Outbox
@@ -43,7 +41,6 @@ own pace: the writer stores tens of thousands of events a second)."""
 
 Stored = Callable[[Entry], None]
 Prepare = Callable[[Any], "Entry | None"]
-RelayForm = Callable[[Any], "bytes | None"]
 
 
 class _Waited:
@@ -59,31 +56,13 @@ class _Waited:
 _STOP = object()
 
 
-class Relay(Protocol):
-    """Another process that stores entries for the writer (see ``delivery``)."""
-
-    def relay(
-        self, entries: Sequence[Entry], calls: Sequence[tuple[Any, bytes]] = ()
-    ) -> tuple[Sequence[Entry], Sequence[Any]]:
-        """Take entries to store, and calls (what ``prepare`` would have turned into
-        entries, with their JSON) to build and store; returns the entries and the calls
-        the writer must store itself."""
-
-    def wait_relayed(self, timeout: float) -> bool:
-        """Wait until what was taken is stored; False on timeout."""
-
-
 class Writer:
     """Stores entries in the outbox from a thread of its own, many per transaction.
 
     ``on_stored`` is called in the writer thread with every entry once its
     transaction committed (or failed: ``entry.refused`` then says why). ``prepare``
     turns what :meth:`submit_later` was given into an entry (or None: nothing to
-    store), in the writer thread, just before the transaction. With a ``relay``, the
-    entries that neither hold nor settle nor are waited for go to it instead (the
-    delivery process stores them); ``on_stored`` is not called for those. With a
-    ``relay_form`` too, what it turns into JSON goes to the relay unprepared (the
-    delivery process builds the entries), and the rest is prepared here.
+    store), in the writer thread, just before the transaction.
     """
 
     def __init__(
@@ -91,17 +70,10 @@ class Writer:
         outbox: Outbox,
         on_stored: Stored,
         prepare: Prepare | None = None,
-        relay: Relay | None = None,
-        relay_form: RelayForm | None = None,
     ) -> None:
         self.outbox = outbox
         self._on_stored = on_stored
         self._prepare = prepare
-        self._relay = relay
-        self._relay_form = relay_form if relay is not None else None
-        self.calls_relayed = 0
-        """Calls handed to the relay unprepared, for it to build their entries (those
-        it gives back are prepared here after all)."""
         self.submitted_later = 0
         """Items given to :meth:`submit_later` so far (a LiteLLM hook gives one each)."""
         self._fresh_thread_state()
@@ -121,7 +93,7 @@ class Writer:
 
     @property
     def pending(self) -> int:
-        """Entries submitted and not yet stored (nor handed to the relay)."""
+        """Entries submitted and not yet stored."""
         return self._pending
 
     def submit(self, entry: Entry, wait: bool = False) -> Future[Entry] | None:
@@ -134,8 +106,8 @@ class Writer:
         return future
 
     def submit_later(self, work: object) -> None:
-        """Queue ``work`` that ``prepare`` turns into an entry in the writer thread (or
-        ``relay_form`` into JSON for the relay): the cheapest hand-over, for the hooks."""
+        """Queue ``work`` that ``prepare`` turns into an entry in the writer thread: the
+        cheapest hand-over, for the hooks."""
         self._put(work, None, True)
 
     def _put(self, item: object, future: Future[Entry] | None, later: bool) -> None:
@@ -164,8 +136,6 @@ class Writer:
                 if remaining <= 0:
                     return False
                 self._idle.wait(remaining)
-        if self._relay is not None:
-            return self._relay.wait_relayed(max(0.0, deadline - time.monotonic()))
         return True
 
     def stop(self, timeout: float) -> bool:
@@ -173,15 +143,10 @@ class Writer:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return self._pending == 0
-        deadline = time.monotonic() + timeout
         self._queue.put(_STOP)
         self._urgent.set()
         thread.join(timeout)
-        if thread.is_alive():
-            return False
-        if self._relay is not None:
-            return self._relay.wait_relayed(max(0.0, deadline - time.monotonic()))
-        return True
+        return not thread.is_alive()
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's thread and queue: the parent stores its own entries."""
@@ -254,24 +219,13 @@ class Writer:
 
     def _store(self, batch: list[object]) -> None:
         ready: list[tuple[Entry, Future[Entry] | None]] = []
-        calls: list[tuple[Any, bytes]] = []
         for queued in batch:
             item, future = (
                 (queued.item, queued.future) if isinstance(queued, _Waited) else (queued, None)
             )
-            if isinstance(item, Entry):
-                ready.append((item, future))
-                continue
-            if self._relay_form is not None and future is None:
-                form = self._relay_form(item)
-                if form is not None:
-                    calls.append((item, form))
-                    continue
-            entry = self._prepared(item)
+            entry = item if isinstance(item, Entry) else self._prepared(item)
             if entry is not None:
                 ready.append((entry, future))
-        if self._relay is not None:
-            ready = self._hand_over(ready, calls)
         self.outbox.write_or_refuse([entry for entry, _ in ready])
         for entry, future in ready:
             try:
@@ -290,26 +244,3 @@ class Writer:
         except Exception:  # pragma: no cover - prepare keeps what it cannot build
             log.exception("litellm-openmeter: error while preparing events")
             return None
-
-    def _hand_over(
-        self, ready: list[tuple[Entry, Future[Entry] | None]], calls: list[tuple[Any, bytes]]
-    ) -> list[tuple[Entry, Future[Entry] | None]]:
-        """Relay the plain entries and the calls; returns the entries to store here:
-        the others, and any the relay gave back (calls given back prepared here)."""
-        assert self._relay is not None
-        plain, others = [], []
-        for entry, future in ready:
-            if future is None and entry.hold_for is None and entry.settle is None:
-                plain.append(entry)
-            else:
-                others.append((entry, future))
-        if not plain and not calls:
-            return ready
-        try:
-            back, unbuilt = self._relay.relay(plain, calls)
-        except Exception:  # pragma: no cover - the relay gives back what it cannot take
-            log.exception("litellm-openmeter: error while relaying events")
-            back, unbuilt = plain, [item for item, _ in calls]
-        self.calls_relayed += len(calls)
-        built = [entry for entry in map(self._prepared, unbuilt) if entry is not None]
-        return others + [(entry, None) for entry in [*back, *built]]
