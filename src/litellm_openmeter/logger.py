@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import weakref
+from contextlib import suppress
 from dataclasses import asdict
 from typing import Any
 
@@ -35,6 +36,9 @@ _live_loggers: weakref.WeakSet[OpenMeterLogger] = weakref.WeakSet()
 
 HOLD_WAIT_SECONDS = 2.0
 """The longest a proxy response waits for its held events to be stored."""
+MAX_STARTED = 10_000
+"""Calls counted as started and not yet ended: past this, the oldest are forgotten (a
+stream never read to its end ends no call)."""
 
 
 class OpenMeterLogger(CustomLogger):
@@ -69,6 +73,9 @@ class OpenMeterLogger(CustomLogger):
         self.sender = Sender(self.settings, self.outbox)
         self.writer = Writer(self.outbox, self._stored, self._prepare_call)
         self._held: dict[str, Held] = {}
+        self._started: dict[str, dict[str, Any]] = {}
+        """LiteLLM's details of each call that started and whose hooks have not come."""
+        self._warned_loop = False
         self._since_wake = 0
         self._enqueued = 0
         self._unmetered_failures = 0
@@ -92,18 +99,32 @@ class OpenMeterLogger(CustomLogger):
 
     # -- LiteLLM hooks: hand the call to the writer, nothing else --------------------
 
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        """Every call, before the provider is asked: counted as started, so that
+        :meth:`flush` and :meth:`close` wait for its success or failure hook, which
+        LiteLLM runs later, in its thread pool or on the event loop."""
+        call_id = kwargs.get("litellm_call_id") if type(kwargs) is dict else None
+        if type(call_id) is str:
+            started = self._started
+            started[call_id] = kwargs
+            if len(started) > MAX_STARTED:
+                with suppress(RuntimeError, StopIteration, KeyError):  # another hook's trim
+                    del started[next(iter(started))]
+
     def log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Sync calls and sync streams (once, at the end); runs in LiteLLM's logging
         thread pool."""
         self.writer.submit_later(self._handed_over(kwargs, True))
+        self._ended(kwargs)
 
     async def async_log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         """Async calls and async streams; runs on the caller's event loop."""
         self.writer.submit_later(self._handed_over(kwargs, True))
+        self._ended(kwargs)
 
     def log_failure_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
@@ -189,9 +210,17 @@ class OpenMeterLogger(CustomLogger):
             self._drop_hold(str(kwargs.get("litellm_call_id") or ""))
         if self.settings.meter_failures:
             self.writer.submit_later(self._handed_over(kwargs, False))
-            return
-        with self._lock:
-            self._unmetered_failures += 1
+        else:
+            with self._lock:
+                self._unmetered_failures += 1
+        self._ended(kwargs)
+
+    def _ended(self, kwargs: Any) -> None:
+        """After the call was handed over: no longer started (see ``flush``)."""
+        if self._started and type(kwargs) is dict:
+            call_id = kwargs.get("litellm_call_id")
+            if type(call_id) is str:
+                self._started.pop(call_id, None)
 
     def _prepare_call(self, form: CallForm | Unreadable) -> Entry | None:
         """A call as the entry to store (settling its held events), or None; the
@@ -242,23 +271,90 @@ class OpenMeterLogger(CustomLogger):
     # -- delivery control ------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver what is queued; True if the outbox is empty within ``timeout`` seconds."""
+        """Deliver every call that started; True if the outbox is empty within
+        ``timeout`` seconds (default ``OPENMETER_SHUTDOWN_TIMEOUT``).
+
+        Waits first for the success or failure hooks of the calls that started (LiteLLM
+        runs them after the call returned), then for the writer, then for the sender.
+        On an event loop's thread use ``await logger.aflush()``: the loop must run for
+        the hooks of async calls to come."""
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        if not self.writer.drain(wait):
+        self._settle_started(deadline, wait=True)
+        if not self.writer.drain(max(0.0, deadline - time.monotonic())):
             return False
         return self.sender.flush(max(0.0, deadline - time.monotonic()))
 
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` for async code: the event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        """:meth:`close` for async code: the event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.close, timeout)
+
+    def _settle_started(self, deadline: float, wait: bool) -> None:
+        """Wait (within ``deadline``) for the hooks of the calls that started, then
+        record the calls LiteLLM finished whose hooks never came: its exit handler runs
+        the queued async hooks of an ``asyncio.run`` that ended, but not one it had
+        begun when the loop ended. Recording a call twice stores it once (same id)."""
+        if not self._started:
+            return
+        if wait:
+            self._wait_for_started(deadline)
+        for call_id, details in list(self._started.items()):
+            payload = details.get("standard_logging_object")
+            status = payload.get("status") if isinstance(payload, dict) else None
+            if status not in ("success", "failure"):
+                continue  # still running, or never finished
+            self._started.pop(call_id, None)
+            if status == "success" or self.settings.meter_failures:
+                self.record_call(details, success=status == "success")
+
+    def _wait_for_started(self, deadline: float) -> None:
+        if _on_a_running_loop():
+            # This thread's loop is blocked here: the hooks of its calls cannot come.
+            if not self._warned_loop:
+                self._warned_loop = True
+                log.warning(
+                    "litellm-openmeter: flush() or close() on a running event loop cannot "
+                    "wait for the hooks of %d started call(s); use await logger.aflush() "
+                    "or await logger.aclose()",
+                    len(self._started),
+                )
+            return
+        while self._started and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def close(self, timeout: float | None = None) -> bool:
-        """Flush (bounded), stop the sender and close the outbox. Undelivered events
-        stay in the outbox and are sent by the next process that opens it."""
+        """Flush as :meth:`flush` does, within ``timeout`` seconds in all (default
+        ``OPENMETER_SHUTDOWN_TIMEOUT``), stop the threads and close the outbox.
+        Undelivered events stay in the outbox and are sent by the next process that
+        opens it."""
+        return self._close(timeout, at_exit=False)
+
+    def _close(self, timeout: float | None, at_exit: bool) -> bool:
         with self._lock:
             if self._closed:
                 return self.outbox.is_empty()
             self._closed = True
         wait = self.settings.shutdown_timeout if timeout is None else timeout
-        self.writer.stop(wait)
-        delivered = self.flush(wait) if not self.outbox.is_empty() else True
+        deadline = time.monotonic() + wait
+        # At exit LiteLLM's thread pool has ended and its exit handler has run the async
+        # hooks still queued (see _exit_after_litellm): no hook can come any more.
+        self._settle_started(deadline, wait=not at_exit)
+        if at_exit and self._started:
+            log.warning(
+                "litellm-openmeter: %d call(s) started and never reached this logger's "
+                "hooks, and are not metered (LiteLLM's success handling of an async call "
+                "is cut short when its event loop ends; end async code with "
+                "await logger.aclose())",
+                len(self._started),
+            )
+        self.writer.stop(max(0.0, deadline - time.monotonic()))
+        delivered = self.outbox.is_empty() or self.sender.flush(
+            max(0.0, deadline - time.monotonic())
+        )
         self.sender.stop(timeout=1.0)
         self.outbox.close()
         return delivered
@@ -308,6 +404,14 @@ class OpenMeterLogger(CustomLogger):
             self.sender.wake()
 
 
+def _on_a_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _call_id(kwargs: Any) -> str:
     found = kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None
     return text_or(found, "unknown")
@@ -318,9 +422,29 @@ def _close_all_at_exit() -> None:
         if logger._closed:  # closed by its owner, whose outbox may be gone by now
             continue
         try:
-            logger.close(logger.settings.shutdown_timeout)
+            logger._close(logger.settings.shutdown_timeout, at_exit=True)
         except Exception:  # pragma: no cover - best effort at interpreter exit
             log.exception("litellm-openmeter: error while closing at exit")
 
 
-atexit.register(_close_all_at_exit)
+def _exit_after_litellm() -> None:
+    """Close every logger at exit, after LiteLLM's own exit handler.
+
+    LiteLLM registers its exit handler when it is imported, before this module, and
+    exit handlers run last registered first: ours would close the loggers before
+    LiteLLM runs the async success hooks still queued (an ``asyncio.run`` that ended
+    right after its last call), whose events would then wait for the next process.
+    Registering LiteLLM's handler again, after ours, lets it run first. Where this
+    LiteLLM has no such handler, nothing is moved."""
+    atexit.register(_close_all_at_exit)
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:
+        return
+    flush_on_exit = getattr(GLOBAL_LOGGING_WORKER, "_flush_on_exit", None)
+    if callable(flush_on_exit):
+        atexit.unregister(flush_on_exit)
+        atexit.register(flush_on_exit)
+
+
+_exit_after_litellm()
