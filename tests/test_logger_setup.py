@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -93,3 +94,29 @@ for n in range(5):
 """  # no flush, no close: the exit handler must deliver within the flush interval
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     wait_for(lambda: len(ingest.accepted_events()) == 5, what="the exit flush")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("litellm_enterprise") is None,
+    reason="LiteLLM imports these lazily only with litellm-enterprise installed",
+)
+def test_building_a_logger_imports_what_litellm_would_import_at_the_first_call(
+    tmp_path: Path,
+) -> None:
+    """Not at ``import litellm_openmeter``: when the logger is built, so that the first
+    call's event loop does not wait for some 450 modules."""
+    script = (
+        "import sys, litellm_openmeter\n"
+        "from litellm_openmeter.logger import LAZY_LITELLM_MODULES\n"
+        "print(all(name not in sys.modules for name in LAZY_LITELLM_MODULES))\n"
+        f"litellm_openmeter.OpenMeterLogger(api_key='k', outbox_path={str(tmp_path / 'o')!r})\n"
+        "print(all(name in sys.modules for name in LAZY_LITELLM_MODULES))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"),
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr

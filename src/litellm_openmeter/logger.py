@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
+import importlib.util
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -86,6 +89,7 @@ class OpenMeterLogger(CustomLogger):
             f"event_type={self.settings.event_type!r}, shape={self.settings.event_shape!r}, "
             f"outbox={str(self.settings.outbox_path)!r})"
         )
+        _warm_litellm_imports()
         _live_loggers.add(self)
         forksafe.track(self)
         metrics.register(lambda: list(_live_loggers))
@@ -402,6 +406,26 @@ class OpenMeterLogger(CustomLogger):
         if self._since_wake >= self.settings.batch_size:
             self._since_wake = 0
             self.sender.wake()
+
+
+LAZY_LITELLM_MODULES = ("litellm.litellm_core_utils.custom_logger_registry",)
+"""What LiteLLM imports at the first call that reaches a logger overriding a hook, when
+``litellm-enterprise`` is installed (as with the proxy): some 450 modules (fastapi,
+the proxy's hooks, integrations), most of a second on the event loop of that call."""
+
+
+def _warm_litellm_imports() -> None:
+    """Import now, while the logger is built (at start-up), what LiteLLM would import
+    on the request path; only where that happens, and never fatal."""
+    if importlib.util.find_spec("litellm_enterprise") is None:
+        return
+    for name in LAZY_LITELLM_MODULES:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # another LiteLLM: it imports what it needs itself
+            log.debug("litellm-openmeter: %s not imported ahead: %s", name, exc)
 
 
 def _on_a_running_loop() -> bool:
