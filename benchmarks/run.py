@@ -36,6 +36,9 @@ FULL = {
     # The real proxy (1 and 2 workers) and the SDK at saturation: no callback, a no-op
     # one, ours.
     "saturation": ["--rounds", "2", "--level-seconds", "5"],
+    # A process's first and last seconds: kill soon after the last hook, the first
+    # calls' event-loop lag, a short script's exit.
+    "transients": ["--calls", "300", "--repeat", "5"],
 }
 QUICK = {
     "steadiness": ["--seconds", "3"],
@@ -48,6 +51,7 @@ QUICK = {
         *("--rounds", "1", "--level-seconds", "1", "--workers", "1"),
         *("--sdk-concurrency", "20", "--states", "healthy"),
     ],
+    "transients": ["--calls", "50", "--repeat", "1", "--delays", "0,250"],
 }
 
 
