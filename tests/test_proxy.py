@@ -318,4 +318,7 @@ def test_sigkill_of_a_worker_mid_load_loses_nothing(
     subjects = billed_subjects(tmp_path)
     assert len(subjects) == len(set(subjects)), "a request was billed twice"
     assert set(subjects) - answered <= failed
-    assert meter.store.duplicates == 0
+    # The batch the victim had posted and not yet acknowledged when it died is sent
+    # again by the other worker (at least once); the server drops the repeats by
+    # (source, id), as OpenMeter does. One sender per worker: one batch at most.
+    assert meter.store.duplicates <= 100
