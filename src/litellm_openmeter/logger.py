@@ -306,14 +306,14 @@ class OpenMeterLogger(CustomLogger):
             return
         if wait:
             self._wait_for_started(deadline)
-        for call_id, details in list(self._started.items()):
+        for details in list(self._started.values()):
             payload = details.get("standard_logging_object")
             status = payload.get("status") if isinstance(payload, dict) else None
-            if status not in ("success", "failure"):
-                continue  # still running, or never finished
-            self._started.pop(call_id, None)
-            if status == "success" or self.settings.meter_failures:
-                self.record_call(details, success=status == "success")
+            if status == "success":  # as its hook would have
+                self.writer.submit_later(self._handed_over(details, True))
+                self._ended(details)
+            elif status == "failure":
+                self._on_failure(details)
 
     def _wait_for_started(self, deadline: float) -> None:
         if _on_a_running_loop():
