@@ -7,6 +7,8 @@ usage: short_lived.py OUTBOX ENDPOINT MODE CALLS
   exit:    CALLS ``litellm.completion`` calls, then exit (the exit handler closes)
   kill:    CALLS ``litellm.completion`` calls; once every success hook returned,
            SIGKILL itself 250 ms later (prints HOOKED first)
+  load:    CALLS threads calling ``litellm.completion`` until the process ends (by a
+           signal), printing ANSWERED and the subject after each call returned
 Prints CLOSED and what close returned, where it closes.
 """
 
@@ -16,6 +18,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -36,6 +39,10 @@ def main() -> None:
     if mode == "async":
         asyncio.run(run_async(logger, calls))
         return
+    if mode == "load":
+        for thread in range(calls):
+            threading.Thread(target=keep_calling, args=(thread,), daemon=True).start()
+        threading.Event().wait()
     for index in range(calls):
         answer = litellm.completion(
             model="gpt-4o",
@@ -56,6 +63,16 @@ def main() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if mode in ("sync", "stream"):
         print("CLOSED", logger.close(), flush=True)
+
+
+def keep_calling(thread: int) -> None:
+    index = 0
+    while True:
+        subject = f"load-{thread}-{index}"
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response="ok", user=subject)
+        sys.stdout.write(f"ANSWERED {subject}\n")  # one write: threads print at once
+        sys.stdout.flush()
+        index += 1
 
 
 async def run_async(logger: OpenMeterLogger, calls: int) -> None:

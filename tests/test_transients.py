@@ -4,8 +4,10 @@ after its last hook loses nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,43 @@ def test_a_fresh_process_killed_250_ms_after_its_last_hook_loses_nothing(
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert "HOOKED 300" in done.stdout
     assert Outbox(outbox).stats().queued == 300
+
+
+def test_sigterm_under_load_delivers_what_was_answered_then_ends_by_sigterm(
+    tmp_path: Path, ingest: RecordingServer
+) -> None:
+    """A process nobody else handles SIGTERM for: the logger delivers, then the
+    process ends by SIGTERM as it would have. Calls answered before the signal are
+    billed before it ends; those answered while it stops are billed or kept in the
+    outbox for the next process; none twice."""
+    outbox = tmp_path / "outbox.sqlite3"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(outbox), ingest.url, "load", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Nothing is sent before the signal: what the stop delivers shows.
+        env=dict(
+            os.environ,
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            OPENMETER_FLUSH_INTERVAL="3600",
+            OPENMETER_BATCH_SIZE="100000",
+        ),
+    )
+    assert process.stdout is not None
+    before: set[str] = set()
+    for line in process.stdout:
+        if line.startswith("ANSWERED "):
+            before.add(line.split()[1])
+        if len(before) == 200:
+            break
+    process.send_signal(signal.SIGTERM)
+    after = {line.split()[1] for line in process.stdout if line.startswith("ANSWERED ")}
+    assert process.wait(60) == -signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
+    billed = [event["subject"] for event in ingest.accepted_events()]
+    assert len(billed) == len(set(billed)), "billed twice"
+    assert before <= set(billed), "a call answered before SIGTERM was not delivered"
+    with sqlite3.connect(outbox) as conn:
+        kept = [json.loads(body)["subject"] for (body,) in conn.execute("SELECT body FROM events")]
+    assert not set(kept) & set(billed)
+    assert set(billed) | set(kept) <= before | after

@@ -23,7 +23,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import forksafe, metrics
+from . import forksafe, metrics, stopping
 from .building import CallBuilder, Unreadable, cannot_build, text_or
 from .events import CloudEvent, SubjectResolver, build_events
 from .outbox import Entry, Held
@@ -91,6 +91,8 @@ class OpenMeterLogger(CustomLogger):
         )
         _warm_litellm_imports()
         _live_loggers.add(self)
+        if self.settings.handle_sigterm:
+            stopping.install(_close_all_on_sigterm)
         forksafe.track(self)
         metrics.register(lambda: list(_live_loggers))
         if not self.outbox.is_empty():
@@ -287,7 +289,8 @@ class OpenMeterLogger(CustomLogger):
         self._settle_started(deadline, wait=True)
         if not self.writer.drain(max(0.0, deadline - time.monotonic())):
             return False
-        return self.sender.flush(max(0.0, deadline - time.monotonic()))
+        through = self.outbox.last_seq()
+        return self.sender.flush(max(0.0, deadline - time.monotonic()), through)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` for async code: the event loop goes on meanwhile."""
@@ -327,8 +330,13 @@ class OpenMeterLogger(CustomLogger):
                     len(self._started),
                 )
             return
-        while self._started and time.monotonic() < deadline:
-            time.sleep(0.005)
+        # The calls started so far: under load new ones start all the time.
+        waiting = list(self._started)
+        while waiting and time.monotonic() < deadline:
+            started = self._started
+            waiting = [call_id for call_id in waiting if call_id in started]
+            if waiting:
+                time.sleep(0.005)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush as :meth:`flush` does, within ``timeout`` seconds in all (default
@@ -356,10 +364,14 @@ class OpenMeterLogger(CustomLogger):
                 len(self._started),
             )
         self.writer.stop(max(0.0, deadline - time.monotonic()))
-        delivered = self.outbox.is_empty() or self.sender.flush(
-            max(0.0, deadline - time.monotonic())
+        through = self.outbox.last_seq()
+        delivered = self.outbox.is_empty(through) or self.sender.flush(
+            max(0.0, deadline - time.monotonic()), through
         )
         self.sender.stop(timeout=1.0)
+        # Hooks of calls that ended meanwhile (other threads still calling) restarted
+        # the writer: stored, they wait in the outbox for the next process.
+        self.writer.stop(max(0.0, min(1.0, deadline - time.monotonic())))
         self.outbox.close()
         return delivered
 
@@ -441,14 +453,25 @@ def _call_id(kwargs: Any) -> str:
     return text_or(found, "unknown")
 
 
-def _close_all_at_exit() -> None:
+def _close_all(at_exit: bool) -> None:
     for logger in list(_live_loggers):
         if logger._closed:  # closed by its owner, whose outbox may be gone by now
             continue
         try:
-            logger._close(logger.settings.shutdown_timeout, at_exit=True)
-        except Exception:  # pragma: no cover - best effort at interpreter exit
-            log.exception("litellm-openmeter: error while closing at exit")
+            logger._close(logger.settings.shutdown_timeout, at_exit=at_exit)
+        except Exception:  # pragma: no cover - best effort while the process ends
+            log.exception("litellm-openmeter: error while closing")
+
+
+def _close_all_on_sigterm() -> None:
+    _close_all(at_exit=False)
+
+
+def _close_all_at_exit() -> None:
+    try:
+        _close_all(at_exit=True)
+    finally:
+        stopping.release()
 
 
 def _exit_after_litellm() -> None:

@@ -820,10 +820,20 @@ class Outbox:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM dead_letters").rowcount
 
-    def is_empty(self) -> bool:
-        """True when no event waits (cheap, unlike counting them)."""
+    def is_empty(self, through: int | None = None) -> bool:
+        """True when no event waits (cheap, unlike counting them); with ``through``, no
+        event stored up to that :meth:`last_seq`."""
         with self._reading() as conn:
-            return conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None
+            if through is None:
+                return conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None
+            found = conn.execute("SELECT 1 FROM events WHERE seq <= ? LIMIT 1", (through,))
+            return found.fetchone() is None
+
+    def last_seq(self) -> int:
+        """The place in the queue of the last event stored so far (0 for none)."""
+        with self._reading() as conn:
+            last: int | None = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        return last or 0
 
     def pending(self) -> int:
         """Events waiting to be delivered, leased or not."""

@@ -89,8 +89,10 @@ class Sender:
         """Ask the thread to look at the outbox now."""
         self._wake.set()
 
-    def flush(self, timeout: float) -> bool:
-        """Send what is waiting; True when the outbox emptied within ``timeout`` seconds."""
+    def flush(self, timeout: float, through: int | None = None) -> bool:
+        """Send what is waiting; True when the outbox emptied within ``timeout`` seconds
+        (with ``through``, of the events stored up to that ``Outbox.last_seq``: while
+        other threads go on calling, the outbox may never be empty)."""
         deadline = time.monotonic() + timeout
         self.ensure_started()
         with self._idle:
@@ -98,11 +100,11 @@ class Sender:
         try:
             self._wake.set()
             while True:
-                if self.outbox.is_empty():
+                if self.outbox.is_empty(through):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.running:
-                    return self.outbox.is_empty()
+                    return self.outbox.is_empty(through)
                 with self._idle:
                     self._idle.wait(min(remaining, 0.05))
         finally:

@@ -92,6 +92,7 @@ class Settings:
     outbox_max_bytes: int = 1024**3
     shutdown_timeout: float = 5.0
     http_timeout: float = 10.0
+    handle_sigterm: bool = True
 
     @property
     def events_url(self) -> str:
@@ -145,6 +146,7 @@ class Settings:
             ),
             shutdown_timeout=reader.number("OPENMETER_SHUTDOWN_TIMEOUT", 5.0, low=0.0),
             http_timeout=reader.number("OPENMETER_HTTP_TIMEOUT", 10.0, low=0.001),
+            handle_sigterm=reader.boolean("OPENMETER_HANDLE_SIGTERM", True),
         )
         reader.reject_unknown_overrides()
         return settings
@@ -294,4 +296,5 @@ _KNOWN_KEYS = (
     "outbox_max_bytes",
     "shutdown_timeout",
     "http_timeout",
+    "handle_sigterm",
 )
