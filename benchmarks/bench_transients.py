@@ -2,6 +2,7 @@
 first async calls' event-loop lag, and how long a short script takes to exit.
 
 usage: bench_transients.py [--calls 300] [--repeat 5] [--delays 0,50,100,150,200,250]
+                           [--only kill,lag,exit]
 
 - **kill**: a fresh process makes ``--calls`` sync mock calls with the endpoint down,
   waits until every success hook returned, waits ``delay`` ms and SIGKILLs itself;
@@ -11,7 +12,9 @@ usage: bench_transients.py [--calls 300] [--repeat 5] [--delays 0,50,100,150,200
   ``CustomLogger`` that overrides no hook, one that overrides the async success hook,
   and ours.
 - **exit**: a script of 3 sync mock calls and nothing else, timed from start to exit,
-  with no callback and with ours (the endpoint answers 204 at once).
+  with no callback and with ours (the endpoint answers 204 at once), and in phases:
+  the interpreter's start, each import, building the logger, the calls, and the exit
+  (exit handlers: LiteLLM's, then ours, which waits for the hooks and delivers).
 Prints one JSON object.
 """
 
@@ -80,15 +83,21 @@ asyncio.run(main())
 """
 
 EXIT = """
-import sys
+import sys, time
+marks = [("start", time.time())]
 import litellm
+marks.append(("import litellm", time.time()))
 if sys.argv[1] == "ours":
     from litellm_openmeter import OpenMeterLogger
+    marks.append(("import litellm_openmeter", time.time()))
     litellm.callbacks = [OpenMeterLogger(api_key="k", endpoint=sys.argv[2],
                                          outbox_path=sys.argv[3])]
+    marks.append(("build the logger", time.time()))
 for index in range(3):
     litellm.completion(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
                        mock_response="ok", user="u")
+marks.append(("3 calls", time.time()))
+print(" ".join(f"{name.replace(' ', '_')}={value!r}" for name, value in marks))
 """
 
 
@@ -139,14 +148,24 @@ def bench_exit(repeat: int, endpoint: str, folder: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for config in ("none", "ours"):
         seconds = []
+        phases: dict[str, list[float]] = {}
         for run in range(repeat):
-            started = time.perf_counter()
+            started = time.time()
             done = python(EXIT, config, endpoint, str(folder / f"exit-{run}.sqlite3"))
+            ended = time.time()
             assert done.returncode == 0, done.stderr
-            seconds.append(time.perf_counter() - started)
+            seconds.append(ended - started)
+            marks = [item.split("=") for item in done.stdout.split()]
+            previous = started  # up to "start": the interpreter's own start
+            for name, value in [*marks, ("exit", str(ended))]:
+                phases.setdefault(name, []).append(float(value) - previous)
+                previous = float(value)
         results[config] = {
             "seconds": [round(value, 2) for value in seconds],
             "median": round(statistics.median(seconds), 2),
+            "phases_median_s": {
+                name: round(statistics.median(values), 2) for name, values in phases.items()
+            },
         }
     return results
 
@@ -156,15 +175,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--delays", default="0,50,100,150,200,250")
+    parser.add_argument("--only", default="kill,lag,exit")
     args = parser.parse_args()
     delays = [int(item) for item in args.delays.split(",")]
+    only = args.only.split(",")
     with tempfile.TemporaryDirectory() as name, sink() as endpoint:
         folder = Path(name)
-        result = {
-            "kill": bench_kill(args.calls, args.repeat, delays, folder),
-            "lag": bench_lag(args.repeat, endpoint),
-            "exit": bench_exit(args.repeat, endpoint, folder),
-        }
+        result: dict[str, Any] = {}
+        if "kill" in only:
+            result["kill"] = bench_kill(args.calls, args.repeat, delays, folder)
+        if "lag" in only:
+            result["lag"] = bench_lag(args.repeat, endpoint)
+        if "exit" in only:
+            result["exit"] = bench_exit(args.repeat, endpoint, folder)
     print(json.dumps(result, indent=1))
 
 
