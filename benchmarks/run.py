@@ -39,6 +39,8 @@ FULL = {
     # A process's first and last seconds: kill soon after the last hook, the first
     # calls' event-loop lag, a short script's exit.
     "transients": ["--calls", "300", "--repeat", "5"],
+    # A restart on a million queued events: the first calls, the drain, memory.
+    "backlog": ["--backlog", "1000000", "--calls", "1000", "--watch", "60"],
 }
 QUICK = {
     "steadiness": ["--seconds", "3"],
@@ -52,6 +54,7 @@ QUICK = {
         *("--sdk-concurrency", "20", "--states", "healthy"),
     ],
     "transients": ["--calls", "50", "--repeat", "1", "--delays", "0,250"],
+    "backlog": ["--backlog", "20000", "--calls", "100", "--watch", "3"],
 }
 
 

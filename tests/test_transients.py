@@ -84,14 +84,19 @@ def test_sigterm_under_load_delivers_what_was_answered_then_ends_by_sigterm(
     )
     assert process.stdout is not None
     before: set[str] = set()
-    for line in process.stdout:
-        if line.startswith("ANSWERED "):
-            before.add(line.split()[1])
-        if len(before) == 200:
-            break
-    process.send_signal(signal.SIGTERM)
-    after = {line.split()[1] for line in process.stdout if line.startswith("ANSWERED ")}
-    assert process.wait(60) == -signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
+    try:
+        for line in process.stdout:
+            if line.startswith("ANSWERED "):
+                before.add(line.split()[1])
+            if len(before) == 200:
+                break
+        process.send_signal(signal.SIGTERM)
+        after = {line.split()[1] for line in process.stdout if line.startswith("ANSWERED ")}
+        assert process.wait(60) == -signal.SIGTERM, process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     billed = [event["subject"] for event in ingest.accepted_events()]
     assert len(billed) == len(set(billed)), "billed twice"
     assert before <= set(billed), "a call answered before SIGTERM was not delivered"
