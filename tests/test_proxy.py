@@ -73,6 +73,7 @@ def start_proxy(
     workers: int = 1,
     callbacks: str = "litellm_openmeter.proxy_handler_instance",
     extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.Popen[str]]:
     """Start ``litellm --config`` on a free port, billing into ``server``; returns its
     URL and process at once (see ``wait_until_up``)."""
@@ -103,6 +104,7 @@ def start_proxy(
             str(port),
             "--num_workers",
             str(workers),
+            *extra_args,
         ],
         env=env,
         cwd=tmp_path,
@@ -142,9 +144,10 @@ def running_proxy(
     workers: int = 1,
     callbacks: str = "litellm_openmeter.proxy_handler_instance",
     extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``litellm --config`` on a free port, billing into ``server``; yields URL and process."""
-    url, process = start_proxy(tmp_path, server, workers, callbacks, extra_env)
+    url, process = start_proxy(tmp_path, server, workers, callbacks, extra_env, extra_args)
     try:
         wait_until_up(url, process)
         yield url, process
@@ -221,12 +224,14 @@ def billed_subjects(folder: Path) -> list[str]:
 
 
 def _workers(process: subprocess.Popen[str]) -> list[int]:
-    """Pids of the proxy's uvicorn worker processes (spawned children)."""
+    """Pids of the proxy's worker processes: uvicorn's spawned children, or gunicorn's
+    forked ones (the master's command line)."""
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    master = Path(f"/proc/{process.pid}/cmdline").read_bytes()
     workers = []
     for pid in children:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline or cmdline == master:
             workers.append(int(pid))
     return workers
 
@@ -318,14 +323,16 @@ def _load(
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
 def test_sigterm_under_load_bills_every_answered_request_before_exit(
-    tmp_path: Path, meter: BackgroundServer
+    tmp_path: Path, meter: BackgroundServer, server: str
 ) -> None:
     """uvicorn stops its workers gracefully, LiteLLM drains its callbacks, and the
     logger delivers at exit, though uvicorn ends each worker by raising SIGTERM again.
     The two workers share one outbox: each request billed once, nothing sent twice."""
     requests = 400
-    with running_proxy(tmp_path, meter, workers=2) as (url, process):
+    extra_args = ("--run_gunicorn",) if server == "gunicorn" else ()
+    with running_proxy(tmp_path, meter, workers=2, extra_args=extra_args) as (url, process):
         wait_for(lambda: len(_workers(process)) == 2, what="two workers")
 
         def stop(count: int) -> None:

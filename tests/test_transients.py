@@ -104,3 +104,31 @@ def test_sigterm_under_load_delivers_what_was_answered_then_ends_by_sigterm(
         kept = [json.loads(body)["subject"] for (body,) in conn.execute("SELECT body FROM events")]
     assert not set(kept) & set(billed)
     assert set(billed) | set(kept) <= before | after
+
+
+HANDLERS = """
+import signal, sys
+from litellm_openmeter import OpenMeterLogger
+if sys.argv[2] == "ignored":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+OpenMeterLogger(api_key="k", outbox_path=sys.argv[1], handle_sigterm=sys.argv[2] != "off")
+handler = signal.getsignal(signal.SIGTERM)
+print("ours" if getattr(handler, "litellm_openmeter", False) else signal.Handlers(handler).name)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("on", "ours"), ("off", "SIG_DFL"), ("ignored", "SIG_IGN")],
+)
+def test_sigterm_is_handled_unless_turned_off_or_ignored(
+    tmp_path: Path, setting: str, expected: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HANDLERS, str(tmp_path / "outbox.sqlite3"), setting],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"),
+    )
+    assert done.stdout.split() == [expected], done.stderr

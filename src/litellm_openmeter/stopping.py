@@ -33,7 +33,8 @@ from typing import Any
 
 log = logging.getLogger("litellm_openmeter")
 
-_installed = False
+_installed_in = 0
+"""The process whose SIGTERM handler is ours (a forked child may have reset it)."""
 _stopping = False
 _ending = False
 _held_back = False
@@ -43,8 +44,8 @@ def install(close_all: Callable[[], None]) -> bool:
     """Handle SIGTERM as the module says, once per process; ``close_all`` closes every
     logger. False where it cannot be (not the main thread, no SIGTERM, SIGTERM
     ignored or handled outside Python)."""
-    global _installed
-    if _installed:
+    global _installed_in
+    if _installed_in == os.getpid():
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
@@ -53,6 +54,9 @@ def install(close_all: Callable[[], None]) -> bool:
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_IGN or previous is None:
         return False
+    if getattr(previous, "litellm_openmeter", False):  # a forked child keeps the parent's
+        _installed_in = os.getpid()
+        return True
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if previous is signal.SIG_DFL:
@@ -60,8 +64,9 @@ def install(close_all: Callable[[], None]) -> bool:
         elif callable(previous):
             _stop_with(previous, signum, frame)
 
+    on_sigterm.litellm_openmeter = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, on_sigterm)
-    _installed = True
+    _installed_in = os.getpid()
     return True
 
 
