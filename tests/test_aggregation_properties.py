@@ -127,7 +127,7 @@ def reference(
         key = (
             window,
             row["subject"] if by_subject else None,
-            row["model"] if spec["group_model"] else None,
+            (row["model"] or "") if spec["group_model"] else None,
         )
         buckets[key].append((row["time"], seq, value))
     result = set()

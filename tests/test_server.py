@@ -718,10 +718,61 @@ def test_csv_and_subjects(client: httpx.Client) -> None:
     lines = response.text.strip().splitlines()
     assert lines[0] == "window_start,window_end,subject,model,value"
     assert sorted(line.split(",")[2:] for line in lines[1:]) == [
-        ["alice", "gpt-4o", "0.25"],
-        ["bob", "gpt-4o-mini", "0.25"],
+        ["alice", "gpt-4o", "0.250000"],
+        ["bob", "gpt-4o-mini", "0.250000"],
     ]
+    # As OpenMeter: the subject column only when grouped by subject.
+    response = client.get(
+        "/api/v1/meters/litellm_tokens_cost/query",
+        params={"groupBy": ["model"], "subject": "alice"},
+        headers={"accept": "text/csv"},
+    )
+    assert response.text.strip().splitlines()[0] == "window_start,window_end,model,value"
     assert client.get("/api/v1/meters/litellm_tokens_cost/subjects").json() == ["alice", "bob"]
+
+
+def test_what_openmeter_refuses_is_refused(client: httpx.Client) -> None:
+    url = "/api/v1/meters/litellm_tokens_cost/query"
+    assert_problem(client.get(url, params={"filterCustomerId": "c1"}), 400, "filterCustomerId")
+    assert_problem(client.post(url, json={"filterCustomerId": ["c1"]}), 400, "filterCustomerId")
+    both = {
+        "filterGroupBy[model]": "gpt-4o",
+        "advancedMeterGroupByFilters": json.dumps({"model": {"$eq": "gpt-4o"}}),
+    }
+    assert_problem(client.get(url, params=both), 400, "cannot be used together")
+    assert_problem(
+        client.post(
+            url,
+            json={
+                "filterGroupBy": {"model": ["gpt-4o"]},
+                "advancedMeterGroupByFilters": {"model": {"$eq": "gpt-4o"}},
+            },
+        ),
+        400,
+        "cannot be used together",
+    )
+    period = {"from": "2026-11-21T00:00:00Z", "to": "2026-11-20T00:00:00Z"}
+    assert_problem(client.get("/api/v1/events", params=period), 400, "to must not be before")
+    assert_problem(
+        client.get(url, params={"from": "9999-12-01T00:00:00Z"}), 400, "0001-02-01T00:00:00Z"
+    )
+
+
+def test_event_times_the_server_cannot_window_are_refused(client: httpx.Client) -> None:
+    for moment in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"):
+        response = post(client, cloud_event(moment, "alice", {"total_tokens": 1}, time=moment))
+        assert_problem(response, 400, "9999-11-29T00:00:00Z")
+    # Nothing was stored that would break a later query.
+    answer = client.get(
+        "/api/v1/meters/litellm_tokens_total_tokens/query", params={"windowSize": "MONTH"}
+    )
+    assert answer.status_code == 200 and answer.json()["data"] == []
+
+
+def test_a_missing_group_value_is_an_empty_string(client: httpx.Client) -> None:
+    post(client, cloud_event("1", "alice", {"total_tokens": 3}, time="2026-11-20T10:00:00Z"))
+    [row] = query(client, "litellm_tokens_total_tokens", groupBy="model", to="2026-11-21T00:00:00Z")
+    assert row["groupBy"] == {"model": ""}
 
 
 def test_data_survives_a_restart(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from ..meters import MeterError, meter_from_json
 from .filters import Filter, check_filters
 from .ingest import IngestError, parse_body
 from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
-from .windows import WINDOW_SIZES, zone
+from .windows import ACCEPTED_RANGE, EARLIEST, LATEST, WINDOW_SIZES, TooManyWindows, zone
 
 log = logging.getLogger("litellm_openmeter.server")
 
@@ -125,6 +125,16 @@ def create_app(
                 raise ValueError("limit: must be an integer between 1 and 100")
             limit = int(raw_limit)
             start = seconds(params.get("from"), "from")
+            end = seconds(params.get("to"), "to")
+            ingested_from = seconds(params.get("ingestedAtFrom"), "ingestedAtFrom")
+            ingested_to = seconds(params.get("ingestedAtTo"), "ingestedAtTo")
+            # As OpenMeter: a period that ends before it starts is an error, not [].
+            for low, high, names in (
+                (start, end, ("from", "to")),
+                (ingested_from, ingested_to, ("ingestedAtFrom", "ingestedAtTo")),
+            ):
+                if low is not None and high is not None and high < low:
+                    raise ValueError(f"{names[1]} must not be before {names[0]}")
             if start is None:
                 start = int(time.time()) - 72 * 3600
             items = await run_in_threadpool(
@@ -133,9 +143,9 @@ def create_app(
                 subject=params.get("subject"),
                 event_id=params.get("id"),
                 start=start,
-                end=seconds(params.get("to"), "to"),
-                ingested_from=seconds(params.get("ingestedAtFrom"), "ingestedAtFrom"),
-                ingested_to=seconds(params.get("ingestedAtTo"), "ingestedAtTo"),
+                end=end,
+                ingested_from=ingested_from,
+                ingested_to=ingested_to,
             )
         except ValueError as exc:
             return problem(400, "Bad Request", str(exc))
@@ -213,7 +223,10 @@ def create_app(
                 parsed = _query_from_params(request, stored)
         except ValueError as exc:
             return problem(400, "Bad Request", str(exc))
-        result = await run_in_threadpool(store.query, stored.meter.slug, parsed)
+        try:
+            result = await run_in_threadpool(store.query, stored.meter.slug, parsed)
+        except TooManyWindows as exc:
+            return problem(400, "Bad Request", str(exc))
         if "text/csv" in request.headers.get("accept", ""):
             return Response(_csv(result, parsed), media_type="text/csv")
         return JSONResponse(result)
@@ -284,6 +297,15 @@ def _check_query(query: Query, stored: StoredMeter) -> Query:
         raise ValueError("subject: at most 100 subjects")
     if query.start is not None and query.end is not None and query.start > query.end:
         raise ValueError("from must not be after to")
+    for name, moment in (("from", query.start), ("to", query.end)):
+        if moment is not None and not (EARLIEST <= moment <= LATEST):
+            raise ValueError(f"{name}: outside the times the server can window ({ACCEPTED_RANGE})")
+    if query.filter_group_by and query.advanced_filters:
+        # As OpenMeter: the simple and the advanced form cannot be used together.
+        raise ValueError(
+            "filterGroupBy and advancedMeterGroupByFilters cannot be used together: "
+            "put every condition in advancedMeterGroupByFilters"
+        )
     query.group_by = unique(query.group_by)
     return query
 
@@ -294,6 +316,8 @@ def _advanced_filters(raw: object, stored: StoredMeter) -> dict[str, Filter]:
 
 def _query_from_params(request: Request, stored: StoredMeter) -> Query:
     params = request.query_params
+    if params.get("filterCustomerId"):
+        raise ValueError(_NO_CUSTOMERS)
     filters: dict[str, list[str]] = {}
     for name, value in params.multi_items():
         match = _FILTER_PARAM.match(name)
@@ -336,7 +360,7 @@ def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
     if not isinstance(filters_raw, dict):
         raise ValueError("filterGroupBy: must be an object of key -> array of strings")
     if body.get("filterCustomerId"):
-        raise ValueError("filterCustomerId is not supported by the local server (no customers)")
+        raise ValueError(_NO_CUSTOMERS)
     window = body.get("windowSize")
     zone_name = body.get("windowTimeZone") or "UTC"
     for name, value in (
@@ -364,19 +388,30 @@ def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
     )
 
 
+_NO_CUSTOMERS = (
+    "filterCustomerId is not supported by the local server (it has no customers): "
+    "filter by subject instead"
+)
+
+
 def _csv(result: dict[str, Any], query: Query) -> str:
+    """OpenMeter's CSV: the subject column only when grouped by subject, values with six
+    decimals."""
     keys = [key for key in query.group_by if key != "subject"]
+    by_subject = "subject" in query.group_by
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["window_start", "window_end", "subject", *keys, "value"])
+    writer.writerow(
+        ["window_start", "window_end", *(["subject"] if by_subject else []), *keys, "value"]
+    )
     for row in result["data"]:
         writer.writerow(
             [
                 row["windowStart"],
                 row["windowEnd"],
-                row["subject"] or "",
+                *([row["subject"] or ""] if by_subject else []),
                 *[row["groupBy"].get(key) or "" for key in keys],
-                row["value"],
+                f"{row['value']:.6f}",
             ]
         )
     return out.getvalue()

@@ -6,16 +6,19 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+
+from .windows import ACCEPTED_RANGE, in_range
 
 CONTENT_TYPES = (
     "application/cloudevents+json",
     "application/cloudevents-batch+json",
     "application/json",
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
 
 
@@ -60,11 +63,16 @@ def _in_utc(date: str, clock: str, offset: str) -> datetime:
 def format_rfc3339(moment: float | datetime) -> str:
     """UTC RFC 3339 with a Z suffix (whole seconds unless the value has a fraction)."""
     if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+        moment = _EPOCH + timedelta(seconds=moment)  # fromtimestamp fails before year 1000
     moment = moment.astimezone(timezone.utc)
+    # Not strftime: its %Y writes the year 12 as "12", where RFC 3339 wants "0012".
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
     if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{text}.{moment.microsecond // 1000:03d}Z"
+    return text + "Z"
 
 
 def parse_body(content_type: str | None, raw: bytes) -> list[Any]:
@@ -124,6 +132,10 @@ def validate_event(event: object, now: float) -> ValidEvent:
             moment = _epoch_seconds(date, clock, offset)
         except ValueError:
             raise IngestError(f"time: {raw_time!r} is not an RFC 3339 date-time") from None
+        if not in_range(moment):
+            raise IngestError(
+                f"time: {raw_time!r} is outside the times the server can window ({ACCEPTED_RANGE})"
+            )
     body = {
         key: event[key]
         for key in ("id", "source", "specversion", "type", "subject", "datacontenttype", "data")

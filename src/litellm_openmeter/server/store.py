@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from ..meters import (
 from ..wal import enter_wal
 from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
-from .windows import local_seconds_sql, offset_segments, window_bounds, window_key_sql, zone
+from .windows import Merger, same_window, window, zone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -783,7 +783,7 @@ class Store:
             filters.append(condition)
             filter_params += params
 
-        # The data's time span, through the time index (for the zone's offsets).
+        # The data's time span, through the time index.
         span_where = _where(time_clauses)
         first = conn.execute(
             f"SELECT time FROM {layout.facts} {span_where} ORDER BY time LIMIT 1", time_params
@@ -793,143 +793,244 @@ class Store:
         last = conn.execute(
             f"SELECT time FROM {layout.facts} {span_where} ORDER BY time DESC LIMIT 1", time_params
         ).fetchone()
-        bounds = (first[0], last[0])
-        earliest_sql = (
-            f"SELECT time FROM {layout.facts} "
-            f"{_where(scope + time_clauses + filters)} ORDER BY time LIMIT 1"
-        )
-        earliest_params = scope_params + time_params + filter_params
-        granularity = _rollup_granularity(meter, query, tz, bounds[0], bounds[1])
-        use_rollup = granularity is not None
-        table = layout.rollups[granularity] if granularity else layout.facts
-        time_column = "(hour)" if use_rollup else "time"
-        if use_rollup:
-            time_clauses, time_params = _time_clauses(query.start, query.end, "hour")
-            scope, scope_params = [], []
-            if meter.event_from is not None:
-                # eventFrom is whole seconds; a rollup only fits when it is aligned to it.
-                scope = ["hour >= ?"]
-                scope_params = [int(parse_rfc3339(meter.event_from).timestamp())]
-        select: list[str] = []
-        select_params: list[Any] = []
-        if query.window_size:
-            local, local_params = local_seconds_sql(tz, bounds[0], bounds[1] + 1, time_column)
-            select.append(window_key_sql(query.window_size, local))
-            select_params += local_params
+        granularity = _rollup_granularity(meter, query, tz, first[0], last[0])
+        head = (["subject"] if by_subject else []) + [group_cols[key] for key in group_keys]
+        reader = _Reader(conn, meter, layout, head, filters, filter_params)
+        if granularity is None:
+            base = 60 if query.window_size == "MINUTE" else _HOUR
+            source = reader.facts(scope, scope_params, query.start, query.end, base)
         else:
-            select.append("0")
-        if by_subject:
-            select.append("subject")
-        select += [group_cols[key] for key in group_keys]
-        aggregate, having = _aggregate_sql(meter, layout, use_rollup)
-        grouping = ", ".join(str(i + 1) for i in range(len(select)))
+            base = granularity
+            source = reader.rollups(granularity, query.start, query.end)
+        if query.window_size:
+            merged = _merge_windows(reader, source, base, query, tz, scope, scope_params)
+        else:
+            merged = _merge_period(reader, source, query, scope, scope_params)
+        return _result(query, merged)
+
+
+class _Reader:
+    """The SQL of a meter query: bucket rows with the aggregation's partial values
+    (see ``windows.Merger``), from the facts or from a rollup."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        meter: Meter,
+        layout: Layout,
+        head: list[str],
+        filters: list[str],
+        filter_params: list[Any],
+    ) -> None:
+        self.conn = conn
+        self.meter = meter
+        self.layout = layout
+        self.head = head
+        self.filters = filters
+        self.filter_params = filter_params
+
+    def facts(
+        self, scope: list[str], params: list[Any], start: int | None, end: int | None, base: int
+    ) -> list[tuple[Any, ...]]:
+        """Rows per ``base`` seconds of UTC time (1: per second)."""
+        bucket = "time" if base == 1 else f"(time - ((time % {base}) + {base}) % {base})"
+        partial, extra = _partial_sql(self.meter, self.layout, rollup=False)
+        return self._select(self.layout.facts, bucket, partial, extra, scope, params, start, end)
+
+    def rollups(
+        self, granularity: int, start: int | None, end: int | None
+    ) -> list[tuple[Any, ...]]:
+        """Rows per rollup bucket (hour or day)."""
+        scope: list[str] = []
+        params: list[Any] = []
+        if self.meter.event_from is not None:
+            # eventFrom is whole seconds; a rollup only fits when it is aligned to it.
+            scope = ["hour >= ?"]
+            params = [int(parse_rfc3339(self.meter.event_from).timestamp())]
+        partial, extra = _partial_sql(self.meter, self.layout, rollup=True)
+        table = self.layout.rollups[granularity]
+        return self._select(table, "hour", partial, extra, scope, params, start, end, "hour")
+
+    def _select(
+        self,
+        table: str,
+        bucket: str,
+        partial: str,
+        extra: list[str],
+        scope: list[str],
+        params: list[Any],
+        start: int | None,
+        end: int | None,
+        time_column: str = "time",
+    ) -> list[tuple[Any, ...]]:
+        clauses, time_params = _time_clauses(start, end, time_column)
+        columns = [bucket, *self.head]
+        grouping = ", ".join([str(i + 1) for i in range(len(columns))] + extra)
+        having = ""
+        if time_column == "hour" and self.meter.aggregation in ("SUM", "AVG"):
+            column = self.layout.column("n", self.meter.value_property or "").name
+            having = f"HAVING SUM(cnt_{column}) > 0"
         sql = (
-            f"SELECT {', '.join(select)}, {aggregate} FROM {table} "
-            f"{_where(scope + time_clauses + filters)} GROUP BY {grouping} {having} "
-            f"ORDER BY {grouping}"
+            f"SELECT {', '.join(columns)}, {partial} FROM {table} "
+            f"{_where(scope + clauses + self.filters)} GROUP BY {grouping} {having}"
         )
-        rows = conn.execute(
-            sql, [*select_params, *scope_params, *time_params, *filter_params]
-        ).fetchall()
-        return _result(
-            query,
-            _rows(
-                rows,
-                query,
-                tz,
-                by_subject,
-                group_keys,
-                lambda: int(conn.execute(earliest_sql, earliest_params).fetchone()[0]),
-                time.time() if now is None else now,
-            ),
+        return self.conn.execute(sql, [*params, *time_params, *self.filter_params]).fetchall()
+
+
+def _merge_windows(
+    reader: _Reader,
+    rows: list[tuple[Any, ...]],
+    base: int,
+    query: Query,
+    tz: Any,
+    scope: list[str],
+    scope_params: list[Any],
+) -> list[dict[str, Any]]:
+    """Bucket rows merged into the windows of the query's size and zone; a bucket that
+    spans two windows is read again second by second."""
+    size = query.window_size
+    assert size is not None
+    merger = Merger(reader.meter.aggregation)
+    ends: dict[int, int] = {}
+    split: dict[int, bool] = {}
+    width = 1 + len(reader.head)
+
+    def add(row: tuple[Any, ...]) -> None:
+        start, end = window(size, row[0], tz)
+        ends[start] = end
+        merger.add((start, *_group_values(row[1:width])), row[width:])
+
+    for row in rows:
+        bucket = row[0]
+        if bucket not in split:
+            split[bucket] = base > 1 and not same_window(size, bucket, bucket + base - 1, tz)
+        if not split[bucket]:
+            add(row)
+    for bucket in sorted(key for key, value in split.items() if value):
+        low = bucket if query.start is None else max(bucket, query.start)
+        high = bucket + base if query.end is None else min(bucket + base, query.end)
+        for row in reader.facts(scope, scope_params, low, high, 1):
+            add(row)
+    by_subject = "subject" in reader.head
+    group_keys = [key for key in query.group_by if key != "subject"]
+    result = []
+    for key in sorted(merger.cells, key=lambda key: (key[0], *map(str, key[1:]))):
+        start = key[0]
+        result.append(
+            _row(
+                merger.value(merger.cells[key]), start, ends[start], key[1:], by_subject, group_keys
+            )
         )
+    return result
+
+
+def _merge_period(
+    reader: _Reader,
+    rows: list[tuple[Any, ...]],
+    query: Query,
+    scope: list[str],
+    scope_params: list[Any],
+) -> list[dict[str, Any]]:
+    """Bucket rows merged into one row per subject and group for the whole period:
+    ``from`` to ``to``, or, where not given, the minute of the first event to the
+    minute after the last (as OpenMeter)."""
+    merger = Merger(reader.meter.aggregation)
+    width = 1 + len(reader.head)
+    for row in rows:
+        merger.add((0, *_group_values(row[1:width])), row[width:])
+    if not merger.cells:
+        return []
+    where = _where(scope + _time_clauses(query.start, query.end)[0] + reader.filters)
+    params = [*scope_params, *_time_clauses(query.start, query.end)[1], *reader.filter_params]
+    start, end = query.start, query.end
+    if start is None or end is None:
+        low, high = reader.conn.execute(
+            f"SELECT MIN(time), MAX(time) FROM {reader.layout.facts} {where}", params
+        ).fetchone()
+        if start is None:
+            start = low - low % 60
+        if end is None:
+            end = high - high % 60 + 60
+    by_subject = "subject" in reader.head
+    group_keys = [key for key in query.group_by if key != "subject"]
+    return [
+        _row(merger.value(merger.cells[key]), start, end, key[1:], by_subject, group_keys)
+        for key in sorted(merger.cells, key=lambda key: tuple(map(str, key[1:])))
+    ]
+
+
+def _group_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A missing group value is NULL in the facts and _NO_GROUP in the rollups; OpenMeter
+    # answers "".
+    return tuple("" if value is None or value == _NO_GROUP else value for value in values)
+
+
+def _row(
+    value: float,
+    start: int,
+    end: int,
+    key: tuple[Any, ...],
+    by_subject: bool,
+    group_keys: list[str],
+) -> dict[str, Any]:
+    subject = key[0] if by_subject else None
+    groups = key[1:] if by_subject else key
+    return {
+        "value": value,
+        "windowStart": format_rfc3339(start),
+        "windowEnd": format_rfc3339(end),
+        "subject": subject,
+        "groupBy": dict(zip(group_keys, groups, strict=True)),
+    }
 
 
 def _rollup_granularity(meter: Meter, query: Query, tz: Any, first: int, last: int) -> int | None:
-    """The coarsest rollup (day, hour) that answers this query exactly, or None."""
+    """The coarsest rollup (day, hour) that answers this query, or None (the facts).
+
+    Buckets that straddle two windows are read again from the facts; days are used
+    only where the zone's days are UTC days, so that this stays rare."""
     # Rollups keep sums and counts: SUM, COUNT and AVG. The rest read the facts.
     if meter.aggregation not in ("SUM", "COUNT", "AVG") or query.window_size == "MINUTE":
         return None
-    offsets = None
     for granularity in (_DAY, _HOUR):
-        if granularity == _DAY and query.window_size == "HOUR":
+        # Days only where the zone's days are UTC days (and never for HOUR windows).
+        if (
+            granularity == _DAY
+            and query.window_size is not None
+            and (
+                query.window_size == "HOUR"
+                or any(window("DAY", moment, tz)[0] % _DAY for moment in (first, last))
+            )
+        ):
             continue
         edges = [query.start, query.end]
         if meter.event_from is not None:
             edges.append(int(parse_rfc3339(meter.event_from).timestamp()))
         if any(edge is not None and edge % granularity for edge in edges):
             continue
-        if query.window_size is None:
-            return granularity
-        if offsets is None:
-            offsets = [offset for _, offset in offset_segments(tz, first, last + 1)]
-        if all(offset % granularity == 0 for offset in offsets):
-            return granularity
+        return granularity
     return None
 
 
-def _aggregate_sql(meter: Meter, layout: Layout, rollup: bool) -> tuple[str, str]:
-    """The aggregate column (and HAVING clause) of a meter's query."""
+def _partial_sql(meter: Meter, layout: Layout, rollup: bool) -> tuple[str, list[str]]:
+    """The partial aggregate columns of a bucket (see ``windows.Merger``), and what
+    else to group by."""
     aggregation = meter.aggregation
     if aggregation == "COUNT":
-        return ("SUM(rows)" if rollup else "COUNT(*)"), ""
+        return ("SUM(rows)" if rollup else "COUNT(*)"), []
     role = "s" if aggregation == "UNIQUE_COUNT" else "n"
     column = layout.column(role, meter.value_property or "").name
     if rollup:
-        having = f"HAVING SUM(cnt_{column}) > 0"
-        return {
-            "SUM": f"SUM(sum_{column})",
-            "AVG": f"SUM(sum_{column}) / SUM(cnt_{column})",
-        }[aggregation], having
-    return {
-        "SUM": f"SUM({column})",
-        "AVG": f"AVG({column})",
-        "MIN": f"MIN({column})",
-        "MAX": f"MAX({column})",
-        "UNIQUE_COUNT": f"COUNT(DISTINCT {column})",
+        return f"SUM(sum_{column}), SUM(cnt_{column})", []
+    if aggregation in ("SUM", "AVG"):
+        return f"SUM({column}), COUNT({column})", []
+    if aggregation == "UNIQUE_COUNT":
+        return column, [column]
+    if aggregation == "LATEST":
         # SQLite takes a bare column from the row that holds the one MAX(): the latest
         # event's value, ties in whole seconds going to the later ingested.
-        "LATEST": f"{column}, MAX(time * 4294967296 + seq)",
-    }[aggregation], ""
-
-
-def _rows(
-    rows: list[tuple[Any, ...]],
-    query: Query,
-    tz: Any,
-    by_subject: bool,
-    group_keys: list[str],
-    earliest: Callable[[], int],
-    now: float,
-) -> list[dict[str, Any]]:
-    windows: dict[Any, tuple[str, str]] = {}
-    if not query.window_size and rows:
-        windows[0] = (
-            format_rfc3339(query.start if query.start is not None else earliest()),
-            format_rfc3339(query.end if query.end is not None else int(now)),
-        )
-    first_group = 2 if by_subject else 1
-    last_group = first_group + len(group_keys)
-    result: list[dict[str, Any]] = []
-    for row in rows:  # already ordered by window, subject and groups in SQL
-        span = windows.get(row[0])
-        if span is None:
-            assert query.window_size is not None
-            start, end = window_bounds(query.window_size, row[0], tz)
-            span = windows[row[0]] = (format_rfc3339(start), format_rfc3339(end))
-        values = row[first_group:last_group]
-        if _NO_GROUP in values:
-            values = tuple(None if v == _NO_GROUP else v for v in values)
-        result.append(
-            {
-                "value": float(row[last_group] or 0),
-                "windowStart": span[0],
-                "windowEnd": span[1],
-                "subject": row[1] if by_subject else None,
-                "groupBy": dict(zip(group_keys, values, strict=True)),
-            }
-        )
-    return result
+        return f"{column}, MAX(time * 4294967296 + seq)", []
+    return f"{aggregation}({column})", []
 
 
 def _result(query: Query, rows: list[dict[str, Any]]) -> dict[str, Any]:

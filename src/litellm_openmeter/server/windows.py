@@ -1,14 +1,41 @@
-"""Time windows in a time zone: the SQL that buckets an event time into its local
-window, and the UTC bounds of each bucket. Pure functions."""
+"""Time windows as OpenMeter's tumbling windows: UTC instants, cut where the wall clock
+of a time zone turns a minute, an hour, a day or a month. Pure functions.
+
+A window is named by the instant it starts. MINUTE and HOUR windows start where the
+local clock shows a whole minute or hour (so the hour repeated when summer time ends
+is two windows, and in a zone half an hour off UTC hours start at half past); DAY and
+MONTH windows start at the first instant of a local date or month (the end of a gap
+where midnight does not exist). Every event time falls in exactly one window, and the
+window of a later time never starts earlier.
+
+Queries bucket events by UTC time in SQL (cheap, bounded by the rows read) and a bucket
+is merged into the window of its first second here: :func:`same_window` tells when a
+bucket's last second falls in another window, and the bucket is then read second by
+second.
+"""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 WINDOW_SIZES = ("MINUTE", "HOUR", "DAY", "MONTH")
-_SECONDS = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
-_STEP = 900  # every real UTC offset and DST change falls on a quarter hour
+_SECONDS = {"MINUTE": 60, "HOUR": 3600}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+EARLIEST = -62132918400
+"""0001-02-01T00:00:00Z: the first event time accepted (every window of it, in any
+zone, starts at a date Python and RFC 3339 can write)."""
+LATEST = 253399449600
+"""9999-11-29T00:00:00Z: event times must be before it (so must a window's end)."""
+ACCEPTED_RANGE = "from 0001-02-01T00:00:00Z up to (not including) 9999-11-29T00:00:00Z"
+
+MAX_WINDOWS = 100_000
+"""The most windows one query may return: a larger answer is refused (a bigger window
+size or a shorter period answers it)."""
 
 
 def zone(name: str) -> ZoneInfo:
@@ -21,64 +48,141 @@ def zone(name: str) -> ZoneInfo:
         ) from None
 
 
-def _offset(tz: ZoneInfo, epoch: int) -> int:
-    delta = datetime.fromtimestamp(epoch, tz=timezone.utc).astimezone(tz).utcoffset()
-    return int(delta.total_seconds()) if delta is not None else 0
+def in_range(moment: int) -> bool:
+    """True for an event time the server can window (see :data:`ACCEPTED_RANGE`)."""
+    return EARLIEST <= moment < LATEST
 
 
-def offset_segments(tz: ZoneInfo, start: int, end: int) -> list[tuple[int, int]]:
-    """``[(until, offset), ...]``: the UTC offset in force before each ``until``.
-
-    The last segment's ``until`` is ``end``; offsets change only at quarter hours.
-    """
-    start -= start % _STEP
-    segments: list[tuple[int, int]] = []
-    current = _offset(tz, start)
-    moment = start
-    while moment < end:
-        following = _offset(tz, moment + _STEP)
-        if following != current:
-            segments.append((moment + _STEP, current))
-            current = following
-        moment += _STEP
-    segments.append((end, current))
-    return segments
+def _aware(moment: int, tz: ZoneInfo) -> datetime:
+    return (_EPOCH + timedelta(seconds=moment)).astimezone(tz)
 
 
-def local_seconds_sql(
-    tz: ZoneInfo, start: int, end: int, column: str = "time"
-) -> tuple[str, list[int]]:
-    """SQL for the local wall-clock seconds of ``column``, with its parameters."""
-    segments = offset_segments(tz, start, end)
-    if len(segments) == 1:
-        return f"({column} + ?)", [segments[0][1]]
-    parts, params = [], []
-    for until, offset in segments[:-1]:
-        parts.append(f"WHEN {column} < ? THEN ?")
-        params += [until, offset]
-    params.append(segments[-1][1])
-    return f"({column} + CASE {' '.join(parts)} ELSE ? END)", params
+def _local(moment: int, tz: ZoneInfo) -> datetime:
+    return _aware(moment, tz).replace(tzinfo=None)
 
 
-def window_key_sql(size: str, local: str) -> str:
-    """SQL for the window key of a local-seconds expression."""
-    if size == "MONTH":
-        return f"strftime('%Y-%m', {local}, 'unixepoch')"
-    return f"({local} / {_SECONDS[size]})"
+def _instant(local: datetime, tz: ZoneInfo, fold: int = 0) -> int:
+    return int((local.replace(tzinfo=tz, fold=fold) - _EPOCH).total_seconds())
 
 
-def window_bounds(size: str, key: int | str, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """UTC start and end of the window a key names."""
-    if size == "MONTH":
-        year, month = (int(part) for part in str(key).split("-"))
-        local_start = datetime(year, month, 1)
-        local_end = datetime(year + (month == 12), month % 12 + 1, 1)
-    else:
+def _first_instant(local: datetime, tz: ZoneInfo) -> int:
+    """The first instant the zone's clock shows ``local`` (naive), or, where the clock
+    skips it, the first instant after the gap."""
+    first = _instant(local, tz)  # fold 0: the earlier of two, or mapped past a gap
+    if _local(first, tz) == local:
+        return first
+    low, high = _instant(local, tz, fold=1), first  # the gap lies between them
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _local(middle, tz) >= local:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@functools.lru_cache(maxsize=65536)
+def window(size: str, moment: int, tz: ZoneInfo) -> tuple[int, int]:
+    """The UTC start and end (epoch seconds) of the window of ``moment``."""
+    if size in _SECONDS:
         seconds = _SECONDS[size]
-        local_start = datetime(1970, 1, 1) + timedelta(seconds=int(key) * seconds)
-        local_end = local_start + timedelta(seconds=seconds)
-    return _to_utc(local_start, tz), _to_utc(local_end, tz)
+        offset = _aware(moment, tz).utcoffset() or timedelta(0)
+        start = moment - (moment + int(offset.total_seconds())) % seconds
+        return start, start + seconds
+    local = _local(moment, tz)
+    if size == "DAY":
+        first = datetime(local.year, local.month, local.day)
+        following = first + timedelta(days=1)
+    else:
+        first = datetime(local.year, local.month, 1)
+        following = datetime(local.year + local.month // 12, local.month % 12 + 1, 1)
+    return _first_instant(first, tz), _first_instant(following, tz)
 
 
-def _to_utc(local: datetime, tz: ZoneInfo) -> datetime:
-    return local.replace(tzinfo=tz).astimezone(timezone.utc)
+def same_window(size: str, first: int, last: int, tz: ZoneInfo) -> bool:
+    """True when the seconds ``first`` and ``last`` (later) share a window."""
+    return window(size, first, tz)[0] == window(size, last, tz)[0]
+
+
+# -- merging partial aggregates of buckets into windows --------------------------------
+
+
+@dataclass
+class Cell:
+    """One row of a result being merged: a window, a subject and group values."""
+
+    total: float = 0.0
+    count: int = 0
+    extreme: Any = None
+    latest: tuple[int, Any] | None = None
+    distinct: set[Any] = field(default_factory=set)
+
+
+class Merger:
+    """Merges bucket rows into window rows for one aggregation.
+
+    Every bucket row ends in the aggregation's partial values, as the store selects
+    them: SUM and AVG ``(sum, count)``, COUNT ``(count,)``, MIN and MAX ``(value,)``,
+    LATEST ``(value, order)`` (the larger order is the later event) and UNIQUE_COUNT
+    ``(value,)`` (one row per distinct value of a bucket). A key starts with the
+    window's start.
+    """
+
+    def __init__(self, aggregation: str) -> None:
+        self.aggregation = aggregation
+        self.cells: dict[tuple[Any, ...], Cell] = {}
+        self.windows: set[Any] = set()
+
+    def add(self, key: tuple[Any, ...], partial: tuple[Any, ...]) -> None:
+        """Fold one bucket row's partial values into the row ``key`` names."""
+        cell = self.cells.get(key)
+        if cell is None:
+            if key[0] not in self.windows:
+                if len(self.windows) >= MAX_WINDOWS:
+                    raise TooManyWindows()
+                self.windows.add(key[0])
+            cell = self.cells[key] = Cell()
+        aggregation = self.aggregation
+        if aggregation in ("SUM", "AVG"):
+            total, count = partial
+            cell.total += total or 0
+            cell.count += count or 0
+        elif aggregation == "COUNT":
+            cell.count += partial[0] or 0
+        elif aggregation == "MIN":
+            if partial[0] is not None and (cell.extreme is None or partial[0] < cell.extreme):
+                cell.extreme = partial[0]
+        elif aggregation == "MAX":
+            if partial[0] is not None and (cell.extreme is None or partial[0] > cell.extreme):
+                cell.extreme = partial[0]
+        elif aggregation == "LATEST":
+            value, order = partial
+            if order is not None and (cell.latest is None or order > cell.latest[0]):
+                cell.latest = (order, value)
+        elif partial[0] is not None:  # UNIQUE_COUNT
+            cell.distinct.add(partial[0])
+
+    def value(self, cell: Cell) -> float:
+        """The merged value of a row."""
+        aggregation = self.aggregation
+        if aggregation == "SUM":
+            return float(cell.total)
+        if aggregation == "AVG":
+            return float(cell.total) / cell.count if cell.count else 0.0
+        if aggregation == "COUNT":
+            return float(cell.count)
+        if aggregation in ("MIN", "MAX"):
+            return float(cell.extreme or 0)
+        if aggregation == "LATEST":
+            return float((cell.latest[1] if cell.latest is not None else 0) or 0)
+        return float(len(cell.distinct))
+
+
+class TooManyWindows(ValueError):
+    """A query whose answer would hold more than :data:`MAX_WINDOWS` windows."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the answer would hold more than {MAX_WINDOWS} windows: use a larger "
+            "windowSize or a shorter period (from, to)"
+        )
