@@ -35,6 +35,9 @@ PATHS = (
     "/api/v1/meters/{meterIdOrSlug}",
     "/api/v1/meters/{meterIdOrSlug}/query",
     "/api/v1/meters/{meterIdOrSlug}/subjects",
+    "/api/v1/meters/{meterIdOrSlug}/group-by/{groupByKey}/values",
+    "/api/v1/subjects",
+    "/api/v1/subjects/{subjectIdOrKey}",
 )
 
 

@@ -846,3 +846,114 @@ def test_windows_before_1970_start_on_the_hour_and_day(tmp_path: Path) -> None:
     days = store.query("litellm_tokens_cost", Query(window_size="DAY"))["data"]
     assert [(row["windowStart"], row["value"]) for row in days] == [("1969-12-31T00:00:00Z", 3.0)]
     store.close()
+
+
+def test_meters_are_listed_in_order_by_page_and_deleted_ones_kept(
+    client: httpx.Client,
+) -> None:
+    for slug, aggregation in (("b_meter", "SUM"), ("a_meter", "COUNT"), ("c_meter", "MAX")):
+        body = {"slug": slug, "aggregation": aggregation, "eventType": "x"}
+        if aggregation != "COUNT":
+            body["valueProperty"] = "$.v"
+        assert client.post("/api/v1/meters", json=body).status_code == 201
+
+    def slugs(**params: Any) -> list[str]:
+        response = client.get("/api/v1/meters", params=params)
+        assert response.status_code == 200, response.text
+        return [m["slug"] for m in response.json() if m["slug"].endswith("_meter")]
+
+    assert slugs() == ["a_meter", "b_meter", "c_meter"]
+    assert slugs(order="DESC") == ["c_meter", "b_meter", "a_meter"]
+    assert slugs(orderBy="aggregation") == ["a_meter", "c_meter", "b_meter"]
+    assert slugs(orderBy="createdAt", order="DESC")[0] == "c_meter"
+    everything = client.get("/api/v1/meters").json()
+    assert [m["slug"] for m in client.get("/api/v1/meters", params={"pageSize": 2}).json()] == [
+        m["slug"] for m in everything[:2]
+    ]
+    page_two = client.get("/api/v1/meters", params={"pageSize": 2, "page": 2}).json()
+    assert [m["slug"] for m in page_two] == [m["slug"] for m in everything[2:4]]
+    for params, word in (
+        ({"orderBy": "colour"}, "orderBy"),
+        ({"order": "up"}, "ASC or DESC"),
+        ({"pageSize": "0"}, "pageSize"),
+        ({"includeDeleted": "maybe"}, "includeDeleted"),
+    ):
+        assert_problem(client.get("/api/v1/meters", params=params), 400, word)
+
+    meter_id = client.get("/api/v1/meters/b_meter").json()["id"]
+    assert client.delete("/api/v1/meters/b_meter").status_code == 204
+    assert slugs() == ["a_meter", "c_meter"]
+    assert slugs(includeDeleted="true") == ["a_meter", "b_meter", "c_meter"]
+    deleted = client.get(f"/api/v1/meters/{meter_id}")
+    assert deleted.status_code == 200 and "deletedAt" in deleted.json()
+    assert_problem(client.get("/api/v1/meters/b_meter"), 404)
+
+
+def test_group_by_values(client: httpx.Client) -> None:
+    post(
+        client,
+        [
+            cloud_event(str(i), "alice", {"model": model, "total_tokens": 1}, time=moment)
+            for i, (model, moment) in enumerate(
+                [
+                    ("gpt-4o", "2026-11-20T10:00:00Z"),
+                    ("claude", "2026-11-20T11:00:00Z"),
+                    ("gpt-4o", "2026-11-21T10:00:00Z"),
+                    (None, "2026-11-20T12:00:00Z"),
+                    ("old", "2026-10-01T00:00:00Z"),
+                ]
+            )
+        ],
+        BATCH,
+    )
+    url = "/api/v1/meters/litellm_tokens_total_tokens/group-by/model/values"
+    period = {"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T10:00:00Z"}  # to: inclusive
+    assert client.get(url, params=period).json() == ["claude", "gpt-4o"]
+    assert client.get(url, params={"from": "2026-01-01T00:00:00Z"}).json() == [
+        "claude",
+        "gpt-4o",
+        "old",
+    ]
+    assert_problem(
+        client.get(url.replace("/model/", "/colour/"), params=period), 400, "not a groupBy key"
+    )
+
+
+def test_subjects_are_named_kept_and_deleted(client: httpx.Client) -> None:
+    created = client.post(
+        "/api/v1/subjects",
+        json=[
+            {"key": "acme", "displayName": "Acme Inc.", "metadata": {"plan": "pro"}},
+            {"key": "globex", "stripeCustomerId": "cus_123"},
+        ],
+    )
+    assert created.status_code == 200, created.text
+    acme, globex = created.json()
+    assert (acme["key"], acme["displayName"], acme["metadata"]) == (
+        "acme",
+        "Acme Inc.",
+        {"plan": "pro"},
+    )
+    assert globex["stripeCustomerId"] == "cus_123"
+    # An upsert changes only the fields it gives.
+    [updated] = client.post(
+        "/api/v1/subjects", json=[{"key": "acme", "displayName": "Acme"}]
+    ).json()
+    assert (updated["id"], updated["displayName"], updated["metadata"]) == (
+        acme["id"],
+        "Acme",
+        {"plan": "pro"},
+    )
+    assert [s["key"] for s in client.get("/api/v1/subjects").json()] == ["acme", "globex"]
+    assert client.get(f"/api/v1/subjects/{acme['id']}").json()["key"] == "acme"
+    assert client.get("/api/v1/subjects/globex").json()["id"] == globex["id"]
+    assert client.delete("/api/v1/subjects/globex").status_code == 204
+    assert_problem(client.get("/api/v1/subjects/globex"), 404, "globex")
+    assert_problem(client.delete("/api/v1/subjects/globex"), 404)
+    for body, word in (
+        ({"key": "x"}, "array"),
+        ([{"displayName": "no key"}], "key is required"),
+        ([{"key": "x", "metadata": "m"}], "metadata"),
+        ([{"key": "x", "currentPeriodStart": "soon"}], "RFC 3339"),
+    ):
+        assert_problem(client.post("/api/v1/subjects", json=body), 400, word)

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..meters import MeterError, meter_from_json
 from .filters import Filter, check_filters
 from .ingest import IngestError, parse_body
 from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
+from .subjects import subject_upserts
 from .windows import ACCEPTED_RANGE, EARLIEST, LATEST, WINDOW_SIZES, TooManyWindows, zone
 
 log = logging.getLogger("litellm_openmeter.server")
@@ -162,8 +164,14 @@ def create_app(
         return problem(404, "Not Found", f"meter {request.path_params['meter']!r} not found")
 
     async def list_meters(request: Request) -> Response:
-        meters = sorted(store.meters.values(), key=lambda m: m.meter.slug)
-        return JSONResponse([meter.to_json() for meter in meters])
+        try:
+            listing = _meter_listing(request.query_params)
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc))
+        meters = list(store.meters.values())
+        if listing.include_deleted:
+            meters += store.deleted_meters()
+        return JSONResponse([meter.to_json() for meter in listing.page_of(meters)])
 
     async def create_meter(request: Request) -> Response:
         try:
@@ -176,6 +184,9 @@ def create_app(
 
     async def get_meter(request: Request) -> Response:
         stored = find_meter(request)
+        if stored is None:  # a deleted meter is found by its id, as in OpenMeter
+            key = request.path_params["meter"]
+            stored = next((m for m in store.deleted_meters() if m.id == key), None)
         return JSONResponse(stored.to_json()) if stored else not_found(request)
 
     async def update_meter(request: Request) -> Response:
@@ -208,6 +219,51 @@ def create_app(
             return problem(400, "Bad Request", str(exc))
         found = await run_in_threadpool(store.subjects, stored.meter.slug, start, end)
         return JSONResponse(found)
+
+    async def group_by_values(request: Request) -> Response:
+        stored = find_meter(request)
+        if stored is None:
+            return not_found(request)
+        key = request.path_params["key"]
+        if key not in stored.meter.group_by:
+            known = ", ".join(sorted(stored.meter.group_by)) or "none"
+            return problem(
+                400,
+                "Bad Request",
+                f"{key!r} is not a groupBy key of meter {stored.meter.slug} (known: {known})",
+            )
+        try:
+            start = seconds(request.query_params.get("from"), "from")
+            end = seconds(request.query_params.get("to"), "to")
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc))
+        if start is None:  # as OpenMeter's spec: the last 24 hours by default
+            start = int(time.time()) - 24 * 3600
+        found = await run_in_threadpool(store.group_by_values, stored.meter.slug, key, start, end)
+        return JSONResponse(found)
+
+    async def list_subjects(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(store.list_subjects))
+
+    async def upsert_subjects(request: Request) -> Response:
+        try:
+            upserts = subject_upserts(json.loads(await request.body()))
+        except ValueError as exc:
+            return problem(400, "Bad Request", str(exc))
+        return JSONResponse(await run_in_threadpool(store.upsert_subjects, upserts))
+
+    async def get_subject(request: Request) -> Response:
+        key = request.path_params["subject"]
+        found = await run_in_threadpool(store.subject, key)
+        if found is None:
+            return problem(404, "Not Found", f"subject {key!r} not found")
+        return JSONResponse(found)
+
+    async def delete_subject(request: Request) -> Response:
+        key = request.path_params["subject"]
+        if not await run_in_threadpool(store.delete_subject, key):
+            return problem(404, "Not Found", f"subject {key!r} not found")
+        return Response(status_code=204)
 
     async def query(request: Request) -> Response:
         stored = find_meter(request)
@@ -250,6 +306,11 @@ def create_app(
             Route("/api/v1/meters/{meter}", delete_meter, methods=["DELETE"]),
             Route("/api/v1/meters/{meter}/query", query, methods=["GET", "POST"]),
             Route("/api/v1/meters/{meter}/subjects", subjects, methods=["GET"]),
+            Route("/api/v1/meters/{meter}/group-by/{key}/values", group_by_values, methods=["GET"]),
+            Route("/api/v1/subjects", list_subjects, methods=["GET"]),
+            Route("/api/v1/subjects", upsert_subjects, methods=["POST"]),
+            Route("/api/v1/subjects/{subject}", get_subject, methods=["GET"]),
+            Route("/api/v1/subjects/{subject}", delete_subject, methods=["DELETE"]),
         ],
     )
     return GuardMiddleware(app, token)
@@ -386,6 +447,67 @@ def _query_from_body(body: dict[str, Any], stored: StoredMeter) -> Query:
         ),
         stored,
     )
+
+
+_ORDER_BY: dict[str, Callable[[StoredMeter], Any]] = {
+    "key": lambda m: m.meter.slug,
+    "name": lambda m: m.meter.name or m.meter.slug,
+    "aggregation": lambda m: m.meter.aggregation,
+    "createdAt": lambda m: m.created_at,
+    "updatedAt": lambda m: m.updated_at,
+}
+
+
+@dataclass
+class _MeterListing:
+    """``GET /api/v1/meters``'s parameters: order, orderBy, page, pageSize and
+    includeDeleted, as OpenMeter's spec has them."""
+
+    order_by: str = "key"
+    descending: bool = False
+    page: int = 1
+    page_size: int = 100
+    include_deleted: bool = False
+
+    def page_of(self, meters: list[StoredMeter]) -> list[StoredMeter]:
+        ordered = sorted(
+            meters,
+            key=lambda m: (_ORDER_BY[self.order_by](m), m.meter.slug, m.id),
+            reverse=self.descending,
+        )
+        first = (self.page - 1) * self.page_size
+        return ordered[first : first + self.page_size]
+
+
+def _meter_listing(params: Any) -> _MeterListing:
+    listing = _MeterListing()
+    order_by = params.get("orderBy")
+    if order_by is not None:
+        if order_by not in _ORDER_BY:
+            raise ValueError(f"orderBy {order_by!r} is invalid: use one of {', '.join(_ORDER_BY)}")
+        listing.order_by = order_by
+    order = params.get("order")
+    if order is not None:
+        if order not in ("ASC", "DESC"):
+            raise ValueError(f"order {order!r} is invalid: use ASC or DESC")
+        listing.descending = order == "DESC"
+    for name, low, high in (("page", 1, None), ("pageSize", 1, 1000)):
+        raw = params.get(name)
+        if raw is None:
+            continue
+        if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+            limit = f"between {low} and {high}" if high else f"of at least {low}"
+            raise ValueError(f"{name}: must be a whole number {limit}")
+        if name == "page":
+            listing.page = int(raw)
+        else:
+            listing.page_size = int(raw)
+    deleted = params.get("includeDeleted")
+    if deleted is not None:
+        if deleted not in ("true", "false"):
+            raise ValueError("includeDeleted: must be true or false")
+        listing.include_deleted = deleted == "true"
+    return listing
 
 
 _NO_CUSTOMERS = (

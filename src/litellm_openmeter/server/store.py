@@ -44,6 +44,7 @@ from ..meters import (
 from ..wal import enter_wal
 from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
+from .subjects import SubjectUpsert, subject_json
 from .windows import Merger, same_window, window, zone
 
 _SCHEMA = """
@@ -62,6 +63,21 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS meters (
     slug TEXT PRIMARY KEY,
     id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deleted_meters (
+    id TEXT PRIMARY KEY,
+    slug TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deleted_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subjects (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     body TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -104,6 +120,7 @@ class StoredMeter:
     id: str
     created_at: float
     updated_at: float
+    deleted_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``Meter`` schema of OpenMeter's API."""
@@ -112,6 +129,8 @@ class StoredMeter:
         body["id"] = self.id
         body["createdAt"] = format_rfc3339(self.created_at)
         body["updatedAt"] = format_rfc3339(self.updated_at)
+        if self.deleted_at is not None:
+            body["deletedAt"] = format_rfc3339(self.deleted_at)
         body.setdefault("groupBy", {})
         return body
 
@@ -447,6 +466,16 @@ class Store:
             self._change_meter(meter.slug, stored, meter.event_type)
             return stored
 
+    def deleted_meters(self) -> list[StoredMeter]:
+        """The meters deleted so far, with their deletion time."""
+        rows = self._reader().execute(
+            "SELECT slug, id, body, created_at, updated_at, deleted_at FROM deleted_meters"
+        )
+        return [
+            StoredMeter(meter_from_json(json.loads(body)), meter_id, created, updated, deleted)
+            for slug, meter_id, body, created, updated, deleted in rows
+        ]
+
     def delete_meter(self, slug: str) -> bool:
         """Remove a meter (the events stay, for the other meters and later ones);
         False when there is none by that slug."""
@@ -465,6 +494,13 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if stored is None:
+                # Kept, as OpenMeter keeps them: listed with includeDeleted, and found
+                # by id, with deletedAt.
+                conn.execute(
+                    "INSERT OR REPLACE INTO deleted_meters "
+                    "SELECT id, slug, body, created_at, updated_at, ? FROM meters WHERE slug = ?",
+                    (time.time(), slug),
+                )
                 conn.execute("DELETE FROM meters WHERE slug = ?", (slug,))
                 self.meters.pop(slug, None)
             else:
@@ -753,6 +789,88 @@ class Store:
             .fetchall()
         )
         return [row[0] for row in rows]
+
+    def group_by_values(
+        self, slug: str, key: str, start: int | None = None, end: int | None = None
+    ) -> list[str]:
+        """Distinct values of a meter's groupBy key in its events from ``start`` to
+        ``end`` (both inclusive), missing ones left out."""
+        meter = self.meters[slug].meter
+        layout, clauses, params = self._meter_scope(meter)
+        if layout is None:
+            return []
+        column = layout.column("g", meter.group_by[key]).name
+        if start is not None:
+            clauses = [*clauses, "time >= ?"]
+            params = [*params, start]
+        if end is not None:
+            clauses = [*clauses, "time <= ?"]
+            params = [*params, end]
+        clauses = [*clauses, f"{column} IS NOT NULL", f"{column} NOT IN ('', char(0))"]
+        rows = self._reader().execute(
+            f"SELECT DISTINCT {column} FROM {layout.facts} {_where(clauses)} ORDER BY 1", params
+        )
+        return [str(row[0]) for row in rows]
+
+    # -- subjects ----------------------------------------------------------------------
+
+    def upsert_subjects(self, items: Sequence[SubjectUpsert]) -> list[dict[str, Any]]:
+        """Create each subject, or update the fields given of one that exists."""
+        now = time.time()
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in items:
+                    found = conn.execute(
+                        "SELECT body FROM subjects WHERE key = ?", (item.key,)
+                    ).fetchone()
+                    if found is None:
+                        conn.execute(
+                            "INSERT INTO subjects (key, id, body, created_at, updated_at) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (item.key, new_ulid(now), json.dumps(item.fields), now, now),
+                        )
+                    else:
+                        body = {**json.loads(found[0]), **item.fields}
+                        conn.execute(
+                            "UPDATE subjects SET body = ?, updated_at = ? WHERE key = ?",
+                            (json.dumps(body), now, item.key),
+                        )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return [self.subject(item.key) or {} for item in items]
+
+    def list_subjects(self) -> list[dict[str, Any]]:
+        """Every subject, by key."""
+        rows = self._reader().execute(
+            "SELECT key, id, body, created_at, updated_at FROM subjects ORDER BY key"
+        )
+        return [subject_json(*row) for row in rows]
+
+    def subject(self, id_or_key: str) -> dict[str, Any] | None:
+        """A subject by id or key."""
+        row = (
+            self._reader()
+            .execute(
+                "SELECT key, id, body, created_at, updated_at FROM subjects "
+                "WHERE id = ? OR key = ? ORDER BY id = ? DESC LIMIT 1",
+                (id_or_key, id_or_key, id_or_key),
+            )
+            .fetchone()
+        )
+        return subject_json(*row) if row else None
+
+    def delete_subject(self, id_or_key: str) -> bool:
+        """Delete a subject (its events stay); False when there is none."""
+        found = self.subject(id_or_key)
+        if found is None:
+            return False
+        with self._write_lock:
+            self._writer.execute("DELETE FROM subjects WHERE id = ?", (found["id"],))
+        return True
 
     def query(self, slug: str, query: Query, now: float | None = None) -> dict[str, Any]:
         """Run a meter query; returns OpenMeter's ``MeterQueryResult``."""
