@@ -1,6 +1,6 @@
 """Local server benchmarks: ingest throughput over HTTP and a grouped query over 1M events.
 
-Run: python benchmarks/bench_server.py [--events 200000] [--query-events 1000000]
+Run: python benchmarks/bench_server.py [--events 200000] [--query-events 1000000] [--only-query]
 Prints one JSON object with the results.
 """
 
@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,8 @@ def bench_query(total: int, folder: Path) -> dict[str, Any]:
     """A grouped query (subject x model, DAY windows) over `total` stored events."""
     store = open_store(folder / "query.sqlite3")
     rng = random.Random(2)
-    start = int(time.time()) - 30 * 86400
+    # 30 days around the end of summer time in New York (2026-11-01).
+    start = int(datetime(2026, 10, 15, tzinfo=timezone.utc).timestamp())
     began = time.perf_counter()
     batch = 1000
     for offset in range(0, total, batch):
@@ -161,6 +163,7 @@ def bench_query(total: int, folder: Path) -> dict[str, Any]:
         Query(window_size="DAY", time_zone="Europe/Berlin", group_by=["subject", "model"]),
     )
     berlin = time.perf_counter() - t0
+    zone_queries = _zone_day_queries(store)
     size = os.path.getsize(folder / "query.sqlite3")
     store.close()
     return {
@@ -169,23 +172,60 @@ def bench_query(total: int, folder: Path) -> dict[str, Any]:
         "load_events_per_second": round(total / load_seconds),
         "queries": timings,
         "berlin_day_seconds": round(berlin, 3),
+        "new_york_day": zone_queries,
         "db_bytes": size,
     }
+
+
+def _zone_day_queries(store: Any) -> dict[str, Any]:
+    """DAY windows in New York (its summer time ends inside the data) over the stored
+    events, from the rollups (SUM) and from the facts (MAX); then the same after one more
+    event, in 1900, the zone's offsets far apart."""
+    from litellm_openmeter.meters import Meter
+
+    store.create_meter(
+        Meter(
+            slug="bench_max_prompt",
+            aggregation="MAX",
+            event_type="litellm_tokens",
+            value_property="$.prompt_tokens",
+            group_by={"model": "$.model"},
+        )
+    )
+    query = Query(window_size="DAY", time_zone="America/New_York", group_by=["subject", "model"])
+
+    def timed() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for slug in ("litellm_tokens_prompt_tokens", "bench_max_prompt"):
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                rows = len(store.query(slug, query)["data"])
+                runs.append(time.perf_counter() - t0)
+            result[slug] = {"median_seconds": round(sorted(runs)[1], 3), "rows": rows}
+        return result
+
+    before = timed()
+    old = make_event(-1, 0, 0, random.Random(3))
+    old["time"] = "1900-06-01T12:00:00Z"
+    store.ingest([old])
+    return {"data only": before, "with one event in 1900": timed()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--query-events", type=int, default=1_000_000)
+    parser.add_argument("--only-query", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        results = {
-            "ingest": [
+        results: dict[str, Any] = {}
+        if not args.only_query:
+            results["ingest"] = [
                 bench_ingest(args.events, batch, clients, Path(folder))
                 for batch, clients in ((100, 2), (500, 2))
-            ],
-            "query": bench_query(args.query_events, Path(folder)),
-        }
+            ]
+        results["query"] = bench_query(args.query_events, Path(folder))
     print(json.dumps(results, indent=2))
 
 

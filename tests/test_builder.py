@@ -13,7 +13,7 @@ import jsonschema
 import orjson
 import pytest
 import yaml
-from cloudevents.v1.http import from_json
+from cloudevents.http import from_json
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
