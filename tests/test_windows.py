@@ -6,6 +6,7 @@ Then the store: the edges that used to answer wrong numbers or fail."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from litellm_openmeter.meters import Meter
 from litellm_openmeter.server.ingest import format_rfc3339
-from litellm_openmeter.server.store import Query, Store
+from litellm_openmeter.server.store import Query, QueryCancelled, Store
 from litellm_openmeter.server.windows import (
     EARLIEST,
     LATEST,
@@ -215,3 +216,13 @@ def test_too_many_windows_is_refused() -> None:
     store = store_with([format_rfc3339(60 * minute) for minute in range(MAX_WINDOWS + 1)], "COUNT")
     with pytest.raises(TooManyWindows, match="windowSize or a shorter period"):
         rows(store, window_size="MINUTE", time_zone="UTC")
+
+
+def test_a_query_whose_client_went_away_stops() -> None:
+    store = store_with([format_rfc3339(60 * minute) for minute in range(20_000)], "COUNT")
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(QueryCancelled):
+        store.query("m", Query(window_size="MINUTE", time_zone="UTC"), gone)
+    # The same connection answers the next query in full.
+    assert len(rows(store, window_size="HOUR", time_zone="UTC")) == 334

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hmac
 import io
@@ -9,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from starlette.routing import Route
 from ..meters import MeterError, meter_from_json
 from .filters import Filter, check_filters
 from .ingest import IngestError, parse_body
-from .store import MeterExists, Query, Store, StoredMeter, seconds, unique
+from .store import MeterExists, Query, QueryCancelled, Store, StoredMeter, seconds, unique
 from .subjects import subject_upserts
 from .windows import ACCEPTED_RANGE, EARLIEST, LATEST, WINDOW_SIZES, TooManyWindows, zone
 
@@ -279,10 +281,16 @@ def create_app(
                 parsed = _query_from_params(request, stored)
         except ValueError as exc:
             return problem(400, "Bad Request", str(exc))
+        cancelled = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, cancelled))
         try:
-            result = await run_in_threadpool(store.query, stored.meter.slug, parsed)
+            result = await run_in_threadpool(store.query, stored.meter.slug, parsed, cancelled)
         except TooManyWindows as exc:
             return problem(400, "Bad Request", str(exc))
+        except QueryCancelled:
+            return problem(503, "Service Unavailable", "the client went away")
+        finally:
+            watcher.cancel()
         if "text/csv" in request.headers.get("accept", ""):
             return Response(_csv(result, parsed), media_type="text/csv")
         return JSONResponse(result)
@@ -314,6 +322,14 @@ def create_app(
         ],
     )
     return GuardMiddleware(app, token)
+
+
+async def _watch_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Set ``cancelled`` when the client of ``request`` goes away: its query stops
+    rather than keep a server thread busy for nobody."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+    cancelled.set()
 
 
 def _meter_problem(exc: ValueError) -> JSONResponse:

@@ -112,6 +112,14 @@ class MeterExists(ValueError):
     """A meter with that slug already exists."""
 
 
+class QueryCancelled(Exception):
+    """A query stopped because its client went away."""
+
+
+PROGRESS_STEPS = 10_000
+"""SQLite steps between two looks at whether a query's client went away."""
+
+
 @dataclass
 class StoredMeter:
     """A meter as the server keeps it."""
@@ -872,8 +880,26 @@ class Store:
             self._writer.execute("DELETE FROM subjects WHERE id = ?", (found["id"],))
         return True
 
-    def query(self, slug: str, query: Query, now: float | None = None) -> dict[str, Any]:
-        """Run a meter query; returns OpenMeter's ``MeterQueryResult``."""
+    def query(
+        self, slug: str, query: Query, cancelled: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """Run a meter query; returns OpenMeter's ``MeterQueryResult``. Once
+        ``cancelled`` is set (its client went away) the query stops with
+        :class:`QueryCancelled`."""
+        conn = self._reader()
+        if cancelled is not None:
+            conn.set_progress_handler(lambda: int(cancelled.is_set()), PROGRESS_STEPS)
+        try:
+            return self._query(slug, query)
+        except sqlite3.OperationalError as exc:
+            if cancelled is not None and cancelled.is_set():
+                raise QueryCancelled(slug) from exc
+            raise
+        finally:
+            if cancelled is not None:
+                conn.set_progress_handler(None, 0)
+
+    def _query(self, slug: str, query: Query) -> dict[str, Any]:
         self.flush_rollups()
         meter = self.meters[slug].meter
         layout, scope, scope_params = self._meter_scope(meter)
