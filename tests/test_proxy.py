@@ -139,15 +139,11 @@ def end_proxy(process: subprocess.Popen[str]) -> None:
 
 @contextmanager
 def running_proxy(
-    tmp_path: Path,
-    server: BackgroundServer,
-    workers: int = 1,
-    callbacks: str = "litellm_openmeter.proxy_handler_instance",
-    extra_env: dict[str, str] | None = None,
-    extra_args: tuple[str, ...] = (),
+    tmp_path: Path, server: BackgroundServer, **options: Any
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``litellm --config`` on a free port, billing into ``server``; yields URL and process."""
-    url, process = start_proxy(tmp_path, server, workers, callbacks, extra_env, extra_args)
+    """``start_proxy`` (same options), waiting until it answers; yields URL and process,
+    and stops it after."""
+    url, process = start_proxy(tmp_path, server, **options)
     try:
         wait_until_up(url, process)
         yield url, process
