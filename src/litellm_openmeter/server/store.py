@@ -45,7 +45,7 @@ from ..wal import enter_wal
 from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .subjects import SubjectUpsert, subject_json
-from .windows import Merger, same_window, window, zone
+from .windows import Merger, offset_points, window, window_key_sql, zone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -927,30 +927,47 @@ class Store:
             filters.append(condition)
             filter_params += params
 
-        # The data's time span, through the time index.
+        # The first event, through the time index: none, no rows.
         span_where = _where(time_clauses)
         first = conn.execute(
             f"SELECT time FROM {layout.facts} {span_where} ORDER BY time LIMIT 1", time_params
         ).fetchone()
         if first is None:
             return _result(query, [])
-        last = conn.execute(
-            f"SELECT time FROM {layout.facts} {span_where} ORDER BY time DESC LIMIT 1", time_params
-        ).fetchone()
-        granularity = _rollup_granularity(meter, query, tz, first[0], last[0])
         head = (["subject"] if by_subject else []) + [group_cols[key] for key in group_keys]
         reader = _Reader(conn, meter, layout, head, filters, filter_params)
+        if not query.window_size:
+            granularity = _rollup_granularity(meter, query, [(0, 0)])
+            if granularity is None:
+                source = reader.facts(scope, scope_params, query.start, query.end)
+            else:
+                source = reader.rollups(granularity, query.start, query.end)
+            return _result(query, _merge_period(reader, source, query, scope, scope_params))
+        points = offset_points(tz, self._days_with_data(layout, first[0], query.end))
+        granularity = _rollup_granularity(meter, query, points)
+        column = "time" if granularity is None else "hour"
+        key, key_params = window_key_sql(query.window_size, column, points)
         if granularity is None:
-            base = 60 if query.window_size == "MINUTE" else _HOUR
-            source = reader.facts(scope, scope_params, query.start, query.end, base)
+            source = reader.facts(scope, scope_params, query.start, query.end, key, key_params)
         else:
-            base = granularity
-            source = reader.rollups(granularity, query.start, query.end)
-        if query.window_size:
-            merged = _merge_windows(reader, source, base, query, tz, scope, scope_params)
-        else:
-            merged = _merge_period(reader, source, query, scope, scope_params)
-        return _result(query, merged)
+            source = reader.rollups(granularity, query.start, query.end, key, key_params)
+        return _result(query, _merge_windows(reader, source, query, tz))
+
+    def _days_with_data(self, layout: Layout, first: int, end: int | None) -> list[int]:
+        """The UTC days (day numbers) that hold events of a type, from ``first`` on: one
+        look in the time index per day with data."""
+        days = []
+        found: int | None = first
+        while found is not None:
+            day = found // 86400
+            days.append(day)
+            clauses, params = _time_clauses((day + 1) * 86400, end)
+            found = (
+                self._reader()
+                .execute(f"SELECT MIN(time) FROM {layout.facts} {_where(clauses)}", params)
+                .fetchone()[0]
+            )
+        return days
 
 
 class _Reader:
@@ -974,17 +991,29 @@ class _Reader:
         self.filter_params = filter_params
 
     def facts(
-        self, scope: list[str], params: list[Any], start: int | None, end: int | None, base: int
+        self,
+        scope: list[str],
+        params: list[Any],
+        start: int | None,
+        end: int | None,
+        key: str = "0",
+        key_params: list[Any] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Rows per ``base`` seconds of UTC time (1: per second)."""
-        bucket = "time" if base == 1 else f"(time - ((time % {base}) + {base}) % {base})"
+        """Rows per window ``key`` names (SQL), with a time in the window first."""
         partial, extra = _partial_sql(self.meter, self.layout, rollup=False)
-        return self._select(self.layout.facts, bucket, partial, extra, scope, params, start, end)
+        return self._select(
+            self.layout.facts, key, key_params or [], partial, extra, scope, params, start, end
+        )
 
     def rollups(
-        self, granularity: int, start: int | None, end: int | None
+        self,
+        granularity: int,
+        start: int | None,
+        end: int | None,
+        key: str = "0",
+        key_params: list[Any] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Rows per rollup bucket (hour or day)."""
+        """Rows per window ``key`` names, from a rollup (hour or day)."""
         scope: list[str] = []
         params: list[Any] = []
         if self.meter.event_from is not None:
@@ -993,12 +1022,15 @@ class _Reader:
             params = [int(parse_rfc3339(self.meter.event_from).timestamp())]
         partial, extra = _partial_sql(self.meter, self.layout, rollup=True)
         table = self.layout.rollups[granularity]
-        return self._select(table, "hour", partial, extra, scope, params, start, end, "hour")
+        return self._select(
+            table, key, key_params or [], partial, extra, scope, params, start, end, "hour"
+        )
 
     def _select(
         self,
         table: str,
-        bucket: str,
+        key: str,
+        key_params: list[Any],
         partial: str,
         extra: list[str],
         scope: list[str],
@@ -1008,64 +1040,50 @@ class _Reader:
         time_column: str = "time",
     ) -> list[tuple[Any, ...]]:
         clauses, time_params = _time_clauses(start, end, time_column)
-        columns = [bucket, *self.head]
+        # A time in the window, to find its bounds by: LATEST has one in its partial (a
+        # second MIN/MAX would take its value from another row).
+        moment = [] if self.meter.aggregation == "LATEST" else [f"MIN({time_column})"]
+        columns = [key, *self.head]
         grouping = ", ".join([str(i + 1) for i in range(len(columns))] + extra)
         having = ""
         if time_column == "hour" and self.meter.aggregation in ("SUM", "AVG"):
             column = self.layout.column("n", self.meter.value_property or "").name
             having = f"HAVING SUM(cnt_{column}) > 0"
         sql = (
-            f"SELECT {', '.join(columns)}, {partial} FROM {table} "
+            f"SELECT {', '.join(columns)}, {', '.join([*moment, partial])} FROM {table} "
             f"{_where(scope + clauses + self.filters)} GROUP BY {grouping} {having}"
         )
-        return self.conn.execute(sql, [*params, *time_params, *self.filter_params]).fetchall()
+        return self.conn.execute(
+            sql, [*key_params, *params, *time_params, *self.filter_params]
+        ).fetchall()
 
 
 def _merge_windows(
-    reader: _Reader,
-    rows: list[tuple[Any, ...]],
-    base: int,
-    query: Query,
-    tz: Any,
-    scope: list[str],
-    scope_params: list[Any],
+    reader: _Reader, rows: list[tuple[Any, ...]], query: Query, tz: Any
 ) -> list[dict[str, Any]]:
-    """Bucket rows merged into the windows of the query's size and zone; a bucket that
-    spans two windows is read again second by second."""
+    """Rows per window key, subject and group merged (UNIQUE_COUNT's per value), each
+    window with its bounds."""
     size = query.window_size
     assert size is not None
     merger = Merger(reader.meter.aggregation)
+    latest = reader.meter.aggregation == "LATEST"
+    spans: dict[Any, tuple[int, int]] = {}
     ends: dict[int, int] = {}
-    split: dict[int, bool] = {}
     width = 1 + len(reader.head)
-
-    def add(row: tuple[Any, ...]) -> None:
-        start, end = window(size, row[0], tz)
-        ends[start] = end
-        merger.add((start, *_group_values(row[1:width])), row[width:])
-
     for row in rows:
-        bucket = row[0]
-        if bucket not in split:
-            split[bucket] = base > 1 and not same_window(size, bucket, bucket + base - 1, tz)
-        if not split[bucket]:
-            add(row)
-    for bucket in sorted(key for key, value in split.items() if value):
-        low = bucket if query.start is None else max(bucket, query.start)
-        high = bucket + base if query.end is None else min(bucket + base, query.end)
-        for row in reader.facts(scope, scope_params, low, high, 1):
-            add(row)
+        span = spans.get(row[0])
+        if span is None:
+            moment = row[-1] >> 32 if latest else row[width]
+            span = spans[row[0]] = window(size, moment, tz)
+            ends[span[0]] = span[1]
+        partial = row[width:] if latest else row[width + 1 :]
+        merger.add((span[0], *_group_values(row[1:width])), partial)
     by_subject = "subject" in reader.head
     group_keys = [key for key in query.group_by if key != "subject"]
-    result = []
-    for key in sorted(merger.cells, key=lambda key: (key[0], *map(str, key[1:]))):
-        start = key[0]
-        result.append(
-            _row(
-                merger.value(merger.cells[key]), start, ends[start], key[1:], by_subject, group_keys
-            )
-        )
-    return result
+    return [
+        _row(merger.value(merger.cells[key]), key[0], ends[key[0]], key[1:], by_subject, group_keys)
+        for key in sorted(merger.cells, key=lambda key: (key[0], *map(str, key[1:])))
+    ]
 
 
 def _merge_period(
@@ -1080,8 +1098,9 @@ def _merge_period(
     minute after the last (as OpenMeter)."""
     merger = Merger(reader.meter.aggregation)
     width = 1 + len(reader.head)
+    skip = 0 if reader.meter.aggregation == "LATEST" else 1  # the window's moment
     for row in rows:
-        merger.add((0, *_group_values(row[1:width])), row[width:])
+        merger.add((0, *_group_values(row[1:width])), row[width + skip :])
     if not merger.cells:
         return []
     where = _where(scope + _time_clauses(query.start, query.end)[0] + reader.filters)
@@ -1128,29 +1147,24 @@ def _row(
     }
 
 
-def _rollup_granularity(meter: Meter, query: Query, tz: Any, first: int, last: int) -> int | None:
-    """The coarsest rollup (day, hour) that answers this query, or None (the facts).
-
-    Buckets that straddle two windows are read again from the facts; days are used
-    only where the zone's days are UTC days, so that this stays rare."""
+def _rollup_granularity(meter: Meter, query: Query, points: list[tuple[int, int]]) -> int | None:
+    """The coarsest rollup (day, hour) that answers this query exactly, or None: its
+    buckets must lie whole in the query's period and windows (``points``: the zone's
+    offsets over the data, see ``windows.offset_points``)."""
     # Rollups keep sums and counts: SUM, COUNT and AVG. The rest read the facts.
     if meter.aggregation not in ("SUM", "COUNT", "AVG") or query.window_size == "MINUTE":
         return None
     for granularity in (_DAY, _HOUR):
-        # Days only where the zone's days are UTC days (and never for HOUR windows).
-        if (
-            granularity == _DAY
-            and query.window_size is not None
-            and (
-                query.window_size == "HOUR"
-                or any(window("DAY", moment, tz)[0] % _DAY for moment in (first, last))
-            )
-        ):
+        if granularity == _DAY and query.window_size == "HOUR":
             continue
         edges = [query.start, query.end]
         if meter.event_from is not None:
             edges.append(int(parse_rfc3339(meter.event_from).timestamp()))
         if any(edge is not None and edge % granularity for edge in edges):
+            continue
+        if query.window_size is not None and any(
+            since % granularity or offset % granularity for since, offset in points
+        ):
             continue
         return granularity
     return None

@@ -8,15 +8,15 @@ MONTH windows start at the first instant of a local date or month (the end of a 
 where midnight does not exist). Every event time falls in exactly one window, and the
 window of a later time never starts earlier.
 
-Queries bucket events by UTC time in SQL (cheap, bounded by the rows read) and a bucket
-is merged into the window of its first second here: :func:`same_window` tells when a
-bucket's last second falls in another window, and the bucket is then read second by
-second.
+Queries name each event's window in SQL (:func:`window_key_sql`), from the zone's
+offsets over the days that hold data (:func:`offset_points`), and :func:`window` gives
+the bounds of each window named.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -99,9 +99,63 @@ def window(size: str, moment: int, tz: ZoneInfo) -> tuple[int, int]:
     return _first_instant(first, tz), _first_instant(following, tz)
 
 
-def same_window(size: str, first: int, last: int, tz: ZoneInfo) -> bool:
-    """True when the seconds ``first`` and ``last`` (later) share a window."""
-    return window(size, first, tz)[0] == window(size, last, tz)[0]
+def offset(moment: int, tz: ZoneInfo) -> int:
+    """The zone's UTC offset at ``moment``, in seconds."""
+    delta = _aware(moment, tz).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+def offset_points(tz: ZoneInfo, days: Iterable[int]) -> list[tuple[int, int]]:
+    """``[(since, offset), ...]``: the zone's UTC offset from each ``since`` on, right
+    for every second of the given UTC days (day numbers since 1970) and nothing more:
+    the cost follows the days that hold data, never the time between them."""
+    points: list[tuple[int, int]] = []
+    for day in sorted(set(days)):
+        start = day * 86400
+        current = offset(start, tz)
+        if not points or points[-1][1] != current:
+            points.append((start, current))
+        for hour in range(1, 25):
+            end = start + hour * 3600
+            following = offset(end - 1, tz)
+            if following == current:
+                continue
+            low, high = end - 3600, end - 1  # the change is in this hour: find its second
+            while high - low > 1:
+                middle = (low + high) // 2
+                if offset(middle, tz) == current:
+                    low = middle
+                else:
+                    high = middle
+            current = offset(high, tz)
+            points.append((high, current))
+    return points or [(0, 0)]
+
+
+# Added to local seconds so that they are positive (from the year 1 on) and a multiple of
+# every window length: SQLite's % and / truncate toward zero.
+_SHIFT = 800_000 * 86400
+
+
+def window_key_sql(size: str, column: str, points: list[tuple[int, int]]) -> tuple[str, list[int]]:
+    """SQL naming the window of ``column`` (epoch seconds), with its parameters:
+    MINUTE and HOUR the UTC start, DAY the local date, MONTH the local month. Right for
+    the seconds ``points`` covers (see :func:`offset_points`)."""
+    if len(points) == 1:
+        local, params = f"({column} + ?)", [points[0][1]]
+    else:
+        cases = " ".join(f"WHEN {column} < ? THEN ?" for _ in points[1:])
+        local = f"({column} + CASE {cases} ELSE ? END)"
+        params = []
+        for (since, _), (_, before) in zip(points[1:], points[:-1], strict=True):
+            params += [since, before]
+        params.append(points[-1][1])
+    if size == "MONTH":
+        return f"strftime('%Y-%m', {local}, 'unixepoch')", params
+    if size == "DAY":
+        return f"(({local} + {_SHIFT}) / 86400)", params
+    seconds = _SECONDS[size]
+    return f"({column} - ({local} + {_SHIFT}) % {seconds})", params
 
 
 # -- merging partial aggregates of buckets into windows --------------------------------
