@@ -45,7 +45,16 @@ from ..wal import enter_wal
 from .filters import LIKE_FUNCTION, Filter, filter_sql, like
 from .ingest import IngestError, ValidEvent, format_rfc3339, parse_rfc3339, validate_event
 from .subjects import SubjectUpsert, subject_json
-from .windows import Merger, offset_points, window, window_key_sql, zone
+from .windows import (
+    MAX_WINDOWS,
+    Merger,
+    TooManyWindows,
+    offset_points,
+    value_of,
+    window,
+    window_key_sql,
+    zone,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -1051,7 +1060,8 @@ class _Reader:
             having = f"HAVING SUM(cnt_{column}) > 0"
         sql = (
             f"SELECT {', '.join(columns)}, {', '.join([*moment, partial])} FROM {table} "
-            f"{_where(scope + clauses + self.filters)} GROUP BY {grouping} {having}"
+            f"{_where(scope + clauses + self.filters)} GROUP BY {grouping} {having} "
+            f"ORDER BY {grouping}"
         )
         return self.conn.execute(
             sql, [*key_params, *params, *time_params, *self.filter_params]
@@ -1061,29 +1071,40 @@ class _Reader:
 def _merge_windows(
     reader: _Reader, rows: list[tuple[Any, ...]], query: Query, tz: Any
 ) -> list[dict[str, Any]]:
-    """Rows per window key, subject and group merged (UNIQUE_COUNT's per value), each
-    window with its bounds."""
+    """Rows per window key, subject and group (SQL ordered them so), each window with
+    its bounds; UNIQUE_COUNT's rows, one per value, merged."""
     size = query.window_size
     assert size is not None
-    merger = Merger(reader.meter.aggregation)
-    latest = reader.meter.aggregation == "LATEST"
-    spans: dict[Any, tuple[int, int]] = {}
-    ends: dict[int, int] = {}
+    aggregation = reader.meter.aggregation
+    latest = aggregation == "LATEST"
+    spans: dict[Any, tuple[int, str, str]] = {}
     width = 1 + len(reader.head)
+    by_subject = "subject" in reader.head
+    group_keys = [key for key in query.group_by if key != "subject"]
+    merger = Merger(aggregation) if aggregation == "UNIQUE_COUNT" else None
+    result = []
     for row in rows:
         span = spans.get(row[0])
         if span is None:
-            moment = row[-1] >> 32 if latest else row[width]
-            span = spans[row[0]] = window(size, moment, tz)
-            ends[span[0]] = span[1]
+            if len(spans) >= MAX_WINDOWS:
+                raise TooManyWindows()
+            start, end = window(size, row[-1] >> 32 if latest else row[width], tz)
+            span = spans[row[0]] = (start, format_rfc3339(start), format_rfc3339(end))
         partial = row[width:] if latest else row[width + 1 :]
-        merger.add((span[0], *_group_values(row[1:width])), partial)
-    by_subject = "subject" in reader.head
-    group_keys = [key for key in query.group_by if key != "subject"]
-    return [
-        _row(merger.value(merger.cells[key]), key[0], ends[key[0]], key[1:], by_subject, group_keys)
-        for key in sorted(merger.cells, key=lambda key: (key[0], *map(str, key[1:])))
-    ]
+        groups = row[1:width]
+        if None in groups or _NO_GROUP in groups:
+            groups = _group_values(groups)
+        if merger is not None:
+            merger.add((span, *groups), partial)
+        else:
+            result.append(
+                _row(value_of(aggregation, partial), span, groups, by_subject, group_keys)
+            )
+    if merger is not None:
+        for key in merger.cells:  # in SQL's order, the first row of each
+            value = merger.value(merger.cells[key])
+            result.append(_row(value, key[0], key[1:], by_subject, group_keys))
+    return result
 
 
 def _merge_period(
@@ -1116,8 +1137,9 @@ def _merge_period(
             end = high - high % 60 + 60
     by_subject = "subject" in reader.head
     group_keys = [key for key in query.group_by if key != "subject"]
+    span = (start, format_rfc3339(start), format_rfc3339(end))
     return [
-        _row(merger.value(merger.cells[key]), start, end, key[1:], by_subject, group_keys)
+        _row(merger.value(merger.cells[key]), span, key[1:], by_subject, group_keys)
         for key in sorted(merger.cells, key=lambda key: tuple(map(str, key[1:])))
     ]
 
@@ -1130,18 +1152,18 @@ def _group_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _row(
     value: float,
-    start: int,
-    end: int,
+    span: tuple[Any, str, str],
     key: tuple[Any, ...],
     by_subject: bool,
     group_keys: list[str],
 ) -> dict[str, Any]:
+    """A ``MeterQueryRow``; ``span`` ends in the window's start and end, formatted."""
     subject = key[0] if by_subject else None
     groups = key[1:] if by_subject else key
     return {
         "value": value,
-        "windowStart": format_rfc3339(start),
-        "windowEnd": format_rfc3339(end),
+        "windowStart": span[1],
+        "windowEnd": span[2],
         "subject": subject,
         "groupBy": dict(zip(group_keys, groups, strict=True)),
     }

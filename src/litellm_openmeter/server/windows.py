@@ -144,12 +144,13 @@ def window_key_sql(size: str, column: str, points: list[tuple[int, int]]) -> tup
     if len(points) == 1:
         local, params = f"({column} + ?)", [points[0][1]]
     else:
-        cases = " ".join(f"WHEN {column} < ? THEN ?" for _ in points[1:])
+        # Newest first: most events are recent, and a row stops at its first match.
+        cases = " ".join(f"WHEN {column} >= ? THEN ?" for _ in points[1:])
         local = f"({column} + CASE {cases} ELSE ? END)"
         params = []
-        for (since, _), (_, before) in zip(points[1:], points[:-1], strict=True):
-            params += [since, before]
-        params.append(points[-1][1])
+        for since, value in reversed(points[1:]):
+            params += [since, value]
+        params.append(points[0][1])
     if size == "MONTH":
         return f"strftime('%Y-%m', {local}, 'unixepoch')", params
     if size == "DAY":
@@ -230,6 +231,17 @@ class Merger:
         if aggregation == "LATEST":
             return float((cell.latest[1] if cell.latest is not None else 0) or 0)
         return float(len(cell.distinct))
+
+
+def value_of(aggregation: str, partial: tuple[Any, ...]) -> float:
+    """The value of one row's partial values, where nothing is left to merge (every
+    aggregation but UNIQUE_COUNT, whose rows are one per value)."""
+    if aggregation in ("SUM", "AVG"):
+        total, count = partial
+        if aggregation == "AVG":
+            return float(total or 0) / count if count else 0.0
+        return float(total or 0)
+    return float(partial[0] or 0)
 
 
 class TooManyWindows(ValueError):
