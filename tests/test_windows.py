@@ -24,6 +24,8 @@ from litellm_openmeter.server.windows import (
     LATEST,
     MAX_WINDOWS,
     TooManyWindows,
+    offset,
+    offset_points,
     window,
 )
 
@@ -124,6 +126,54 @@ def test_a_day_without_midnight_starts_when_the_clock_jumps() -> None:
     jump = int(datetime(2024, 3, 30, 22, 0, tzinfo=timezone.utc).timestamp())
     assert local(jump, zone) == datetime(2024, 3, 31, 1, 0)
     assert window("DAY", jump + 5, zone) == (jump, jump + 23 * 3600)
+
+
+def changing_days(zone: ZoneInfo, year: int) -> list[int]:
+    """The UTC days of ``year`` (day numbers) in which the zone's offset changes."""
+    first = int(datetime(year, 1, 1, tzinfo=timezone.utc).timestamp()) // 86400
+    last = int(datetime(year + 1, 1, 1, tzinfo=timezone.utc).timestamp()) // 86400
+    first, last = max(first, EARLIEST // 86400), min(last, LATEST // 86400)
+    return [
+        day
+        for day in range(first, last)
+        if offset(day * 86400, zone) != offset((day + 1) * 86400 - 1, zone)
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    year=st.one_of(st.integers(1, 9998), st.integers(1850, 2030), st.integers(2000, 2030)),
+    day_of_year=st.integers(0, 364),
+    name=st.sampled_from(ZONES),
+)
+def test_offset_points_name_each_change_to_the_second(
+    year: int, day_of_year: int, name: str
+) -> None:
+    """Each point is the first second of its offset, and every second of a day reads
+    the offset of the last point before it: on every day of a year the zone changes,
+    and on one more."""
+    zone = ZoneInfo(name)
+    some_day = int(datetime(year, 1, 1, tzinfo=timezone.utc).timestamp()) // 86400 + day_of_year
+    some_day = min(max(some_day, EARLIEST // 86400), LATEST // 86400 - 1)
+    for day in [*changing_days(zone, year), some_day]:
+        points = offset_points(zone, [day])
+        assert points[0] == (day * 86400, offset(day * 86400, zone))
+        for since, value in points[1:]:
+            assert offset(since, zone) == value != offset(since - 1, zone)
+        for second in range(day * 86400, (day + 1) * 86400, 900):
+            in_effect = [value for since, value in points if since <= second][-1]
+            assert in_effect == offset(second, zone)
+
+
+@pytest.mark.parametrize("aggregation", ["SUM", "MAX"])  # rollups and facts
+def test_an_event_on_the_second_the_clock_turns_back(aggregation: str) -> None:
+    """Beirut, 2024-10-26T21:00:00Z: 00:00 of the 27th became 23:00 of the 26th, and
+    the event on that very second belongs to the 26th."""
+    store = store_with(["2024-10-26T21:00:00Z", "2024-10-26T22:30:00Z"], aggregation)
+    assert rows(store, window_size="DAY", time_zone="Asia/Beirut") == [
+        ("2024-10-25T21:00:00Z", "2024-10-26T22:00:00Z", 1.0),
+        ("2024-10-26T22:00:00Z", "2024-10-27T22:00:00Z", 2.0),
+    ]
 
 
 def store_with(times: list[str], aggregation: str = "SUM", **meter: Any) -> Store:

@@ -120,7 +120,9 @@ def offset_points(tz: ZoneInfo, days: Iterable[int]) -> list[tuple[int, int]]:
             following = offset(end - 1, tz)
             if following == current:
                 continue
-            low, high = end - 3600, end - 1  # the change is in this hour: find its second
+            # The change is after ``low`` (a second known to have ``current``: the one
+            # before this hour, or the day's first) and at or before ``high``.
+            low, high = max(start, end - 3601), end - 1
             while high - low > 1:
                 middle = (low + high) // 2
                 if offset(middle, tz) == current:
