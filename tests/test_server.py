@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from litellm_openmeter.meters import Meter
 from litellm_openmeter.server import BackgroundServer, open_store
+from litellm_openmeter.server.store import Query, Store
 
 from conftest import cloud_event, wait_for
 
@@ -957,3 +960,37 @@ def test_subjects_are_named_kept_and_deleted(client: httpx.Client) -> None:
         ([{"key": "x", "currentPeriodStart": "soon"}], "RFC 3339"),
     ):
         assert_problem(client.post("/api/v1/subjects", json=body), 400, word)
+
+
+class _QueryThatWaits(Store):
+    """A store whose queries wait until their client has gone away, the way a long
+    query would still be running then."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(db)
+        self.entered = threading.Event()
+        self.told_to_stop = threading.Event()
+
+    def query(
+        self, slug: str, query: Query, cancelled: threading.Event | None = None
+    ) -> dict[str, Any]:
+        self.entered.set()
+        if cancelled is not None and cancelled.wait(timeout=60):
+            self.told_to_stop.set()
+        return super().query(slug, query, cancelled)
+
+
+def test_a_query_stops_when_its_client_goes_away(tmp_path: Path) -> None:
+    store = _QueryThatWaits(tmp_path / "server.sqlite3")
+    store.create_meter(Meter(slug="calls", aggregation="COUNT", event_type="litellm_tokens"))
+    with (
+        BackgroundServer(store) as server,
+        socket.create_connection((server.host, server.port)) as sock,
+    ):
+        sock.sendall(
+            b"GET /api/v1/meters/calls/query?windowSize=MINUTE HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        wait_for(store.entered.is_set, what="the query to start")
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        wait_for(store.told_to_stop.is_set, what="the query to be told its client left")
