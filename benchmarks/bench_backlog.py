@@ -86,7 +86,7 @@ logger.close(timeout=0)
 
 def build_backlog(path: Path, events: int) -> float:
     """An outbox with ``events`` queued events of the default shape; returns seconds."""
-    from litellm_openmeter.outbox import Outbox
+    from litellm_openmeter.delivery.outbox import Outbox
 
     started = time.perf_counter()
     outbox = Outbox(path)

@@ -109,7 +109,7 @@ def python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def stored(outbox: Path) -> int:
-    from litellm_openmeter.outbox import Outbox
+    from litellm_openmeter.delivery.outbox import Outbox
 
     if not outbox.exists():
         return 0

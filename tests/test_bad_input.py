@@ -18,7 +18,7 @@ import pytest
 
 from litellm_openmeter import OpenMeterLogger, SettingsError
 from litellm_openmeter.cli import main
-from litellm_openmeter.outbox import Outbox
+from litellm_openmeter.delivery.outbox import Outbox
 
 from conftest import cloud_event, free_port
 

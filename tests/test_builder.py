@@ -25,8 +25,8 @@ from litellm_openmeter.events import (
     resolve_subject,
     token_counts,
 )
+from litellm_openmeter.record import UsageRecord, record_from_kwargs
 from litellm_openmeter.settings import Settings
-from litellm_openmeter.usage import UsageRecord, record_from_kwargs
 
 from conftest import OPENAPI
 

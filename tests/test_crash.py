@@ -88,7 +88,7 @@ def test_two_processes_share_one_outbox_exactly_once(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_leases_of_a_killed_unreaped_process_are_void(tmp_path: Path) -> None:
-    from litellm_openmeter.outbox import Outbox
+    from litellm_openmeter.delivery.outbox import Outbox
 
     outbox = Outbox(tmp_path / "zombie.sqlite3")
     outbox.enqueue([cloud_event(f"z{n}", "u", {}) for n in range(3)])

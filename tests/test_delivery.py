@@ -16,10 +16,10 @@ from typing import Any
 import litellm
 import pytest
 
-from litellm_openmeter.outbox import Outbox
-from litellm_openmeter.sender import Sender, backoff_delay
+from litellm_openmeter.delivery.outbox import Outbox
+from litellm_openmeter.delivery.sender import Sender, backoff_delay
+from litellm_openmeter.delivery.transport import HttpTransport, parse_retry_after
 from litellm_openmeter.settings import Settings
-from litellm_openmeter.transport import HttpTransport, parse_retry_after
 
 from conftest import cloud_event, free_port, hook_kwargs, stored, wait_for
 from ingest_server import Answer, Recorded, RecordingServer, problem

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from litellm_openmeter.delivery.outbox import Claimed, Outbox, OutboxFull, encode
 from litellm_openmeter.events import CloudEvent
-from litellm_openmeter.outbox import Claimed, Outbox, OutboxFull, encode
 
 from conftest import cloud_event, wait_for
 
@@ -82,7 +82,7 @@ def test_a_full_outbox_keeps_the_held_events(tmp_path: Path) -> None:
 
 HOLDER = """
 import sys, time
-from litellm_openmeter.outbox import Outbox
+from litellm_openmeter.delivery.outbox import Outbox
 Outbox(sys.argv[1]).hold(
     [{"specversion": "1.0", "type": "t", "id": f"h{n}", "source": "test", "subject": "u",
       "data": {}} for n in range(3)],
@@ -119,9 +119,9 @@ def test_the_writer_bounds_what_waits_in_memory(
     import sqlite3
     import threading
 
-    from litellm_openmeter import writer as writer_module
-    from litellm_openmeter.outbox import Entry
-    from litellm_openmeter.writer import Writer
+    from litellm_openmeter.delivery import writer as writer_module
+    from litellm_openmeter.delivery.outbox import Entry
+    from litellm_openmeter.delivery.writer import Writer
 
     monkeypatch.setattr(writer_module, "MAX_PENDING", 5)
     outbox = Outbox(tmp_path / "o.sqlite3")

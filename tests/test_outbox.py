@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from litellm_openmeter import writer as writer_module
+from litellm_openmeter.delivery import writer as writer_module
+from litellm_openmeter.delivery.outbox import Entry, Outbox
+from litellm_openmeter.delivery.writer import Writer
 from litellm_openmeter.events import CloudEvent
-from litellm_openmeter.outbox import Entry, Outbox
-from litellm_openmeter.writer import Writer
 
 from conftest import cloud_event, wait_for
 

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litellm_openmeter import OpenMeterLogger, pages
-from litellm_openmeter.outbox import Outbox, OutboxDamaged
-from litellm_openmeter.salvage import DAMAGED, SALVAGED, damaged_files
+from litellm_openmeter import OpenMeterLogger
+from litellm_openmeter.delivery import pages
+from litellm_openmeter.delivery.outbox import Outbox, OutboxDamaged
+from litellm_openmeter.delivery.salvage import DAMAGED, SALVAGED, damaged_files
 
 from conftest import fill_outbox, free_port, hook_kwargs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from litellm_openmeter.outbox import Outbox
+from litellm_openmeter.delivery.outbox import Outbox
 
 from conftest import free_port
 from ingest_server import RecordingServer

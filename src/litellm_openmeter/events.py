@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from .record import UsageRecord
 from .settings import Settings
-from .usage import UsageRecord
 
 CloudEvent = dict[str, Any]
 SubjectResolver = Callable[[Mapping[str, str]], "str | None"]

@@ -23,15 +23,15 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import forksafe, metrics, stopping
-from .building import CallBuilder, Unreadable, cannot_build, text_or
+from .delivery import forksafe, metrics, stopping
+from .delivery.building import CallBuilder, Unreadable, cannot_build, text_or
+from .delivery.outbox import Entry, Held
+from .delivery.salvage import open_outbox
+from .delivery.sender import Sender
+from .delivery.writer import Writer
 from .events import CloudEvent, SubjectResolver, build_events
-from .outbox import Entry, Held
-from .salvage import open_outbox
-from .sender import Sender
+from .record import CallForm, call_form, record_from_kwargs
 from .settings import Settings
-from .usage import CallForm, call_form, record_from_kwargs
-from .writer import Writer
 
 log = logging.getLogger("litellm_openmeter")
 
@@ -196,7 +196,7 @@ class OpenMeterLogger(CustomLogger):
 
     def _handed_over(self, kwargs: Any, success: bool) -> CallForm | Unreadable:
         """A hook's whole work, with ``writer.submit_later`` (which also counts the
-        call): read the values the call's record needs (``usage.call_form``: lookups
+        call): read the values the call's record needs (``record.call_form``: lookups
         that run in C into plain tuples) for the writer thread, which builds the events
         (``_prepare_call``). Never raises.
 
@@ -277,8 +277,9 @@ class OpenMeterLogger(CustomLogger):
     # -- delivery control ------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver every call that started; True if the outbox is empty within
-        ``timeout`` seconds (default ``OPENMETER_SHUTDOWN_TIMEOUT``).
+        """Deliver every call that started so far; True if they and everything stored
+        before them were delivered within ``timeout`` seconds (default
+        ``OPENMETER_SHUTDOWN_TIMEOUT``). Calls that start meanwhile are not waited for.
 
         Waits first for the success or failure hooks of the calls that started (LiteLLM
         runs them after the call returned), then for the writer, then for the sender.

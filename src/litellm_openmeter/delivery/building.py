@@ -1,4 +1,4 @@
-"""From what a hook read of a call (its ``usage.call_form``) to the events to store.
+"""From what a hook read of a call (its ``record.call_form``) to the events to store.
 
 The logger's writer thread runs it for a whole turn of calls at once, off the request
 path; what cannot be built is kept as a dead letter.
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
+from ..events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
+from ..record import CALL_FIELDS, UsageRecord, record_from_form
+from ..settings import Settings
 from .outbox import Outbox
-from .settings import Settings
-from .usage import CALL_FIELDS, UsageRecord, record_from_form
 
 log = logging.getLogger("litellm_openmeter")
 

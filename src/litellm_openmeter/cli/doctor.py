@@ -3,15 +3,17 @@ checks, each with the fix when it fails."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from ..delivery.outbox import Outbox, OutboxDamaged, probe_path
+from ..delivery.salvage import damaged_files, salvage_command
+from ..settings import Settings, SettingsError
 from .client import ClientError, OpenMeterClient
-from .outbox import Outbox, OutboxDamaged, probe_path
-from .salvage import damaged_files, salvage_command
-from .settings import Settings, SettingsError
+from .common import print_json
 
 STUCK_AFTER_SECONDS = 600.0
 
@@ -176,3 +178,16 @@ def _outbox_check(settings: Settings) -> Check:
             "inspect: litellm-openmeter outbox dead-letters; then requeue or purge-dead",
         )
     return Check("outbox", True, summary)
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    """Print every check; exit 1 if one failed."""
+    checks = run_checks()
+    if args.json:
+        print_json([asdict(check) for check in checks])
+    else:
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            fix = f"  -> fix: {check.fix}" if not check.ok and check.fix else ""
+            print(f"{mark} {check.name}: {check.message}{fix}")
+    return 0 if all(check.ok for check in checks) else 1

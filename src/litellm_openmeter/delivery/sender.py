@@ -17,9 +17,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from ..settings import Settings
 from . import forksafe
 from .outbox import Claimed, Outbox
-from .settings import Settings
 from .transport import HttpTransport, Outcome, SendResult
 
 log = logging.getLogger("litellm_openmeter")

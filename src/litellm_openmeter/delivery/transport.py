@@ -15,8 +15,8 @@ from enum import Enum
 
 import httpx
 
-from ._version import __version__
-from .settings import Settings
+from .._version import __version__
+from ..settings import Settings
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"

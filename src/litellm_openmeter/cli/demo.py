@@ -3,9 +3,11 @@ LiteLLM mock calls, and the usage queried back and checked."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -21,6 +23,8 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+from .common import CommandError, rich_console
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -214,7 +218,7 @@ def _logger_settings(folder: Path, endpoint: str, shape: str) -> dict[str, Any]:
 def check_environment(shape: str = "litellm") -> None:
     """Raise ``SettingsError`` at once for an ``OPENMETER_*`` setting the demo's logger
     could not use, before the seconds that starting LiteLLM takes."""
-    from .settings import Settings
+    from ..settings import Settings
 
     Settings.from_env(**_logger_settings(Path("demo"), "http://127.0.0.1", shape))
 
@@ -240,8 +244,8 @@ def _run_in(
 ) -> Outcome:
     import litellm
 
-    from .logger import OpenMeterLogger
-    from .server import BackgroundServer, open_store
+    from ..logger import OpenMeterLogger
+    from ..server import BackgroundServer, open_store
 
     server = BackgroundServer(open_store(folder / "server.sqlite3")).start()
     outcome = Outcome(server_url=server.url)
@@ -365,3 +369,19 @@ def _print(out: Console, outcome: Outcome, dead: list[dict[str, Any]]) -> None:
             f"[bold red]{outcome.lost} lost, {outcome.duplicates} duplicated, "
             f"{outcome.queued} still queued[/]"
         )
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Run the demo; exit 1 unless every event arrived once."""
+    check_environment(args.shape)  # before the seconds of start-up
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    outcome = run_demo(
+        calls=args.calls,
+        shape=args.shape,
+        keep=args.keep,
+        console=rich_console(),
+        as_json=args.json,
+    )
+    if not outcome.verified:
+        raise CommandError(f"{outcome.lost} event(s) lost, {outcome.duplicates} duplicated")
+    return 0

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from ._version import __version__
-from .settings import Settings
-from .transport import problem_detail
+from .._version import __version__
+from ..delivery.transport import problem_detail
+from ..settings import Settings
 
 
 class ClientError(RuntimeError):

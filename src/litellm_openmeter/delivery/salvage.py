@@ -37,8 +37,8 @@ from glob import escape
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..events import CloudEvent
 from . import pages
-from .events import CloudEvent
 from .outbox import Entry, Outbox, OutboxDamaged
 
 log = logging.getLogger("litellm_openmeter")

@@ -29,10 +29,10 @@ from typing import Any
 
 import orjson
 
+from ..events import CloudEvent
+from ..settings import SettingsError
+from ..wal import enter_wal
 from . import forksafe
-from .events import CloudEvent
-from .settings import SettingsError
-from .wal import enter_wal
 
 DELIVERED_MEMORY_SECONDS = 600.0
 """How long delivered ids are remembered to drop late duplicates."""
