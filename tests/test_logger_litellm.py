@@ -64,6 +64,7 @@ def test_sync_completion_sends_one_complete_event(
         "reasoning_tokens": 0,
         "provider": "openai",
         "call_type": "completion",
+        "usage_accuracy": "exact",
     }
 
 

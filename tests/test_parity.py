@@ -29,6 +29,7 @@ ADDED_FIELDS = {
     "team_id",
     "key_alias",
     "end_user",
+    "usage_accuracy",
 }
 CHANGED = {"id", "time", "total_tokens", "cost"}
 

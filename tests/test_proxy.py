@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from litellm_openmeter.server import BackgroundServer, open_store
+from slow_provider import CHUNKS, PROMPT_TOKENS
 
 from conftest import free_port, wait_for
 
@@ -30,6 +31,7 @@ openai = pytest.importorskip("openai")
 # with the clock a year ahead, leaves them out.
 pytestmark = pytest.mark.proxy
 
+HERE = Path(__file__).resolve().parent
 MASTER_KEY = "sk-proxy-test-master-0123456789"
 CONFIG = """
 model_list:
@@ -43,8 +45,17 @@ model_list:
       model: openai/text-embedding-3-small
       mock_response: [0.1, 0.2]
       api_key: sk-not-used
+  - model_name: slow-usage
+    litellm_params:
+      model: slow/usage
+  - model_name: slow-silent
+    litellm_params:
+      model: slow/silent
 litellm_settings:
   callbacks: {callbacks}
+  custom_provider_map:
+    - provider: slow
+      custom_handler: slow_provider.slow_provider
 """
 
 KILLER = """
@@ -80,6 +91,7 @@ def start_proxy(
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(callbacks=callbacks))
     (tmp_path / "killer.py").write_text(KILLER)
+    (tmp_path / "slow_provider.py").write_text((HERE / "slow_provider.py").read_text())
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("OPENMETER_")}
     env.update(
@@ -211,6 +223,72 @@ def test_proxy_bills_each_request_once(proxy: tuple[str, BackgroundServer]) -> N
         headers={"authorization": "Bearer meter-token"},
     ).json()["data"]
     assert {row["subject"] for row in costs} == set(events)
+
+
+def test_a_stream_the_client_left_is_billed_as_an_estimate(
+    proxy: tuple[str, BackgroundServer],
+) -> None:
+    """A client that leaves a slow stream after three chunks: LiteLLM bills what it
+    streamed, flagged as a client disconnect, and the event says it is an estimate.
+    Streams read to the end are exact when the provider reports usage, estimates when
+    it does not."""
+    url, server = proxy
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {MASTER_KEY}"},
+            json={
+                "model": "slow-usage",
+                "messages": [{"role": "user", "content": "a long story, please"}],
+                "user": "leaver",
+                "stream": True,
+            },
+        ) as response,
+    ):
+        assert response.status_code == 200
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks == 3:
+                break  # leaving the block drops the connection
+    client = openai.OpenAI(base_url=url, api_key=MASTER_KEY)
+    for model, user in (("slow-usage", "reader"), ("slow-silent", "silent-reader")):
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "a long story, please"}],
+            user=user,
+            stream=True,
+        )
+        assert sum(1 for _ in stream) >= CHUNKS
+
+    wait_for(lambda: server.store.count_events() >= 3, timeout=60, what="three billed events")
+    events = {
+        item["event"]["subject"]: item["event"]["data"]
+        for item in server.store.list_events(limit=100, start=0)
+    }
+    assert server.store.count_events() == 3
+    left = events["leaver"]
+    assert (left["usage_accuracy"], left["estimate_reason"]) == ("estimated", "client_disconnected")
+    assert 0 < left["completion_tokens"] < CHUNKS
+    read = events["reader"]
+    assert (read["usage_accuracy"], read["prompt_tokens"]) == ("exact", PROMPT_TOKENS)
+    assert "estimate_reason" not in read
+    silent = events["silent-reader"]
+    assert (silent["usage_accuracy"], silent["estimate_reason"]) == (
+        "estimated",
+        "no_provider_usage",
+    )
+    estimated = httpx.get(
+        f"{server.url}/api/v1/meters/litellm_tokens_calls/query",
+        params={"groupBy": "usage_accuracy", "from": "2000-01-01T00:00:00Z"},
+        headers={"authorization": "Bearer meter-token"},
+    ).json()["data"]
+    assert {row["groupBy"]["usage_accuracy"]: row["value"] for row in estimated} == {
+        "estimated": 2,
+        "exact": 1,
+    }
 
 
 def billed_subjects(folder: Path) -> list[str]:

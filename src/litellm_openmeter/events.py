@@ -114,6 +114,14 @@ def _dimensions(record: UsageRecord) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
+def accuracy(record: UsageRecord) -> dict[str, str]:
+    """``usage_accuracy`` (``exact``: the provider's count; ``estimated``: LiteLLM's or
+    ours) and, for an estimate, ``estimate_reason``."""
+    if record.estimate_reason is None:
+        return {"usage_accuracy": "exact"}
+    return {"usage_accuracy": "estimated", "estimate_reason": record.estimate_reason}
+
+
 def _call_event(record: UsageRecord, settings: Settings) -> CloudEvent:
     event = _envelope(settings, settings.event_type, record.call_id, record)
     event["data"] = {
@@ -126,6 +134,7 @@ def _call_event(record: UsageRecord, settings: Settings) -> CloudEvent:
         "cache_creation_tokens": record.cache_creation_tokens,
         "reasoning_tokens": record.reasoning_tokens,
         **_dimensions(record),
+        **accuracy(record),
     }
     return event
 
@@ -156,6 +165,7 @@ def _token_events(record: UsageRecord, settings: Settings) -> list[CloudEvent]:
             "cost": record.cost if position == 0 else 0,
             "call_id": record.call_id,
             **_dimensions(record),
+            **accuracy(record),
         }
         events.append(event)
     return events

@@ -19,6 +19,7 @@ import time
 import weakref
 from contextlib import suppress
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
@@ -29,6 +30,7 @@ from .delivery.outbox import Entry, Held
 from .delivery.salvage import open_outbox
 from .delivery.sender import Sender
 from .delivery.writer import Writer
+from .estimates import unfinished_record
 from .events import CloudEvent, SubjectResolver, build_events
 from .record import CallForm, call_form, record_from_kwargs
 from .settings import Settings
@@ -82,6 +84,10 @@ class OpenMeterLogger(CustomLogger):
         self._since_wake = 0
         self._enqueued = 0
         self._unmetered_failures = 0
+        self._unfinished = 0
+        self._unfinished_streak = False
+        self._watching = False
+        self._stop_watching = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
         self._repr = (
@@ -116,6 +122,8 @@ class OpenMeterLogger(CustomLogger):
             if len(started) > MAX_STARTED:
                 with suppress(RuntimeError, StopIteration, KeyError):  # another hook's trim
                     del started[next(iter(started))]
+            if not self._watching:
+                self._watch_unfinished()
 
     def log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
@@ -222,7 +230,10 @@ class OpenMeterLogger(CustomLogger):
         self._ended(kwargs)
 
     def _ended(self, kwargs: Any) -> None:
-        """After the call was handed over: no longer started (see ``flush``)."""
+        """After the call was handed over: no longer started (see ``flush``); a call
+        that reported ends a streak of unfinished ones."""
+        if self._unfinished_streak:
+            self._unfinished_streak = False
         if self._started and type(kwargs) is dict:
             call_id = kwargs.get("litellm_call_id")
             if type(call_id) is str:
@@ -287,7 +298,9 @@ class OpenMeterLogger(CustomLogger):
         the hooks of async calls to come."""
         wait = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        self._settle_started(deadline, wait=True)
+        # Half the time at most for hooks: a stream its caller stopped reading never
+        # reports, and waiting for it must leave time to deliver the rest.
+        self._settle_started(time.monotonic() + wait / 2, wait=True)
         if not self.writer.drain(max(0.0, deadline - time.monotonic())):
             return False
         through = self.outbox.last_seq()
@@ -300,6 +313,80 @@ class OpenMeterLogger(CustomLogger):
     async def aclose(self, timeout: float | None = None) -> bool:
         """:meth:`close` for async code: the event loop goes on meanwhile."""
         return await asyncio.to_thread(self.close, timeout)
+
+    def _watch_unfinished(self) -> None:
+        """Start the thread that gives up on calls without hooks (see ``_give_up``):
+        a look every quarter of ``OPENMETER_UNFINISHED_AFTER`` (at most 15 s)."""
+        with self._lock:
+            if self._watching or self._closed:
+                return
+            self._watching = True
+        period = min(max(self.settings.unfinished_after / 4, 0.05), 15.0)
+
+        def watch() -> None:
+            while not self._stop_watching.wait(period):
+                try:
+                    self._give_up(self._overdue())
+                except Exception:  # pragma: no cover - a look never ends the watch
+                    log.exception("litellm-openmeter: error while looking for unfinished calls")
+
+        threading.Thread(target=watch, name="litellm-openmeter-unfinished", daemon=True).start()
+
+    def _overdue(self) -> list[tuple[str, dict[str, Any]]]:
+        """Started calls whose hooks have not come within ``OPENMETER_UNFINISHED_AFTER``,
+        oldest first (the map is in the order the calls started)."""
+        limit = self.settings.unfinished_after
+        now = datetime.now()
+        overdue = []
+        for call_id, details in list(self._started.items()):
+            started = details.get("start_time")
+            if not isinstance(started, datetime):
+                continue
+            moment = now if started.tzinfo is None else datetime.now(started.tzinfo)
+            if (moment - started).total_seconds() < limit:
+                break
+            overdue.append((call_id, details))
+        return overdue
+
+    def _give_up(self, calls: list[tuple[str, dict[str, Any]]]) -> None:
+        """Stop waiting for these calls' hooks. A call LiteLLM finished is recorded as
+        its hook would have; the others are unfinished: counted, reported once per
+        streak, and with ``OPENMETER_METER_UNFINISHED`` billed as an estimate."""
+        unfinished = []
+        for call_id, details in calls:
+            payload = details.get("standard_logging_object")
+            status = payload.get("status") if isinstance(payload, dict) else None
+            if status == "success":
+                self.writer.submit_later(self._handed_over(details, True))
+            elif status == "failure":
+                self._on_failure(details)
+            else:
+                unfinished.append(details)
+            self._started.pop(call_id, None)
+        if not unfinished:
+            return
+        with self._lock:
+            self._unfinished += len(unfinished)
+        metered = self.settings.meter_unfinished
+        if metered:
+            for details in unfinished:
+                events = self.builder.build_record(unfinished_record(details), self.resolve_subject)
+                if events:
+                    self.writer.submit(Entry(events))
+        if not self._unfinished_streak:
+            self._unfinished_streak = True
+            log.warning(
+                "litellm-openmeter: %d LiteLLM call(s) started and never reported their "
+                "usage to the logging hooks within %gs (a stream its caller stopped "
+                "reading, a call cut short); %s",
+                len(unfinished),
+                self.settings.unfinished_after,
+                "billed as estimates of their prompts (usage_accuracy=estimated, "
+                "estimate_reason=unfinished)"
+                if metered
+                else "not billed: read streams to their end or close them, or set "
+                "OPENMETER_METER_UNFINISHED=true to bill their prompts as estimates",
+            )
 
     def _settle_started(self, deadline: float, wait: bool) -> None:
         """Wait (within ``deadline``) for the hooks of the calls that started, then
@@ -355,15 +442,11 @@ class OpenMeterLogger(CustomLogger):
         deadline = time.monotonic() + wait
         # At exit LiteLLM's thread pool has ended and its exit handler has run the async
         # hooks still queued (see _exit_after_litellm): no hook can come any more.
-        self._settle_started(deadline, wait=not at_exit)
-        if at_exit and self._started:
-            log.warning(
-                "litellm-openmeter: %d call(s) started and never reached this logger's "
-                "hooks, and are not metered (LiteLLM's success handling of an async call "
-                "is cut short when its event loop ends; end async code with "
-                "await logger.aclose())",
-                len(self._started),
-            )
+        self._settle_started(time.monotonic() + wait / 2, wait=not at_exit)  # see flush
+        self._stop_watching.set()
+        # What is left never reported: at exit, mostly async calls whose event loop
+        # ended before LiteLLM ran their hooks (end async code with aclose()).
+        self._give_up(list(self._started.items()))
         self.writer.stop(max(0.0, deadline - time.monotonic()))
         through = self.outbox.last_seq()
         delivered = self.outbox.is_empty(through) or self.sender.flush(
@@ -380,10 +463,13 @@ class OpenMeterLogger(CustomLogger):
         """Delivery counters: queued, in_flight, delivered, retried, dead_lettered,
         refused, outbox_bytes, oldest_age_seconds, last_error, paused (shared by every
         process using the outbox file), enqueued (events this logger stored) and
-        calls_seen (LiteLLM success and failure hooks this logger ran)."""
+        calls_seen (LiteLLM success and failure hooks this logger ran) and unfinished
+        (calls that started and never reported within ``OPENMETER_UNFINISHED_AFTER``, or
+        by ``close()``)."""
         snapshot = asdict(self.outbox.stats())
         snapshot["enqueued"] = self._enqueued
         snapshot["calls_seen"] = self.writer.submitted_later + self._unmetered_failures
+        snapshot["unfinished"] = self._unfinished
         snapshot["paused"] = self.sender.paused_reason
         return snapshot
 
@@ -400,8 +486,12 @@ class OpenMeterLogger(CustomLogger):
         return moved
 
     def after_fork_in_child(self) -> None:
-        """Drop a lock another thread of the parent may have held at fork."""
+        """Drop a lock another thread of the parent may have held at fork; the child
+        watches its own calls."""
         self._lock = threading.Lock()
+        self._started = {}
+        self._watching = False
+        self._stop_watching = threading.Event()
 
     # -- internals ---------------------------------------------------------------------
 

@@ -293,6 +293,8 @@ _DIMENSIONS = {
     "team_id": "$.team_id",
     "key_alias": "$.key_alias",
     "end_user": "$.end_user",
+    "usage_accuracy": "$.usage_accuracy",
+    "estimate_reason": "$.estimate_reason",
 }
 
 

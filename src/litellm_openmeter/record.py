@@ -18,13 +18,25 @@ Token convention (the rule every event follows):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 IDENTITY_NAMES = ("user", "key_user_id", "end_user", "team_id", "key_alias", "org_id")
+
+CLIENT_DISCONNECTED = "client_disconnected"
+"""The client left a streamed call early; LiteLLM billed what it had streamed, its
+prompt counted by LiteLLM itself (the provider's usage chunk never came)."""
+NO_PROVIDER_USAGE = "no_provider_usage"
+"""A stream whose provider reported no usage; LiteLLM counted the tokens itself."""
+UNFINISHED = "unfinished"
+"""A call that started and never reported (see ``OPENMETER_METER_UNFINISHED``)."""
+
+TokenCounter = Callable[[str, object, "str | None"], "int | None"]
+"""Counts tokens as LiteLLM does on its own: ``(model, messages, None)`` a prompt's,
+``(model, None, text)`` a completion's; None if it cannot."""
 
 
 @dataclass(slots=True)
@@ -54,6 +66,9 @@ class UsageRecord:
     error_class: str | None = None
     error_code: str | None = None
     cache_hit: bool = False
+    estimate_reason: str | None = None
+    """Why the usage is an estimate (``CLIENT_DISCONNECTED``, ``NO_PROVIDER_USAGE``,
+    ``UNFINISHED``), or None: the provider's own count."""
     identities: Mapping[str, str] = field(default_factory=dict)
     """Candidate subjects by name (see ``IDENTITY_NAMES``), empty values left out."""
 
@@ -103,6 +118,7 @@ class _Payload(NamedTuple):
     prompt_tokens: object
     completion_tokens: object
     total_tokens: object
+    stream: object
 
 
 class _Identities(NamedTuple):
@@ -130,13 +146,17 @@ CallForm = tuple[
     tuple[object, ...],
     object,
     object,
+    object,
+    "tuple[object, object] | None",
 ]
 """What a :class:`UsageRecord` is made of, read from a hook's ``kwargs`` by
 :func:`call_form`: whether the call succeeded, the values named by ``CALL_FIELDS``,
 whether ``kwargs`` has a ``response_cost``, the values named by ``PAYLOAD_FIELDS``,
 the usage mapping, the values named by ``IDENTITY_FIELDS`` in the payload's metadata
-and in ``litellm_params["metadata"]``, ``litellm_params["custom_llm_provider"]`` and
-the payload's ``model_parameters["user"]``.
+and in ``litellm_params["metadata"]``, ``litellm_params["custom_llm_provider"]``, the
+payload's ``model_parameters["user"]``, the proxy's ``client_disconnected`` flag in
+``litellm_params["metadata"]`` and, for a stream only, its messages and the text it
+returned (to tell LiteLLM's own count of its tokens from the provider's).
 
 Plain tuples, in that order, because a hook builds it on the caller's thread (on an
 async call, its event loop), where only lookups that run in C are cheap;
@@ -176,6 +196,9 @@ def call_form(kwargs: Mapping[str, object], success: bool = True) -> CallForm:
     exception = get("exception")
     if exception is not None:
         exception = type(exception).__name__
+    stream_texts = None
+    if slo.get("stream") is True:
+        stream_texts = (get("messages"), _response_text(slo.get("response")))
     return (
         success,
         (*map(get, _LOOKED_UP), end_time, exception),
@@ -186,16 +209,35 @@ def call_form(kwargs: Mapping[str, object], success: bool = True) -> CallForm:
         tuple(map(params_metadata.get, IDENTITY_FIELDS)),
         params.get("custom_llm_provider"),
         model_parameters.get("user"),
+        params_metadata.get("client_disconnected"),
+        stream_texts,
     )
 
 
-def record_from_kwargs(kwargs: Mapping[str, object], *, success: bool = True) -> UsageRecord:
+def _response_text(response: object) -> object:
+    """The text of a streamed response's first choice, as the payload holds it."""
+    if type(response) is not dict:
+        return None
+    choices = response.get("choices")
+    if type(choices) is not list or not choices or type(choices[0]) is not dict:
+        return None
+    message = choices[0].get("message")
+    return message.get("content") if type(message) is dict else None
+
+
+def record_from_kwargs(
+    kwargs: Mapping[str, object],
+    *,
+    success: bool = True,
+    count_tokens: TokenCounter | None = None,
+) -> UsageRecord:
     """Build a :class:`UsageRecord` from the ``kwargs`` of a LiteLLM logging hook."""
-    return record_from_form(call_form(kwargs, success))
+    return record_from_form(call_form(kwargs, success), count_tokens)
 
 
-def record_from_form(form: Sequence[Any]) -> UsageRecord:
-    """Build a :class:`UsageRecord` from a :func:`call_form`."""
+def record_from_form(form: Sequence[Any], count_tokens: TokenCounter | None = None) -> UsageRecord:
+    """Build a :class:`UsageRecord` from a :func:`call_form`. ``count_tokens`` tells a
+    stream whose provider reported no usage (see :func:`estimate_reason`)."""
     (
         success,
         call_values,
@@ -206,6 +248,8 @@ def record_from_form(form: Sequence[Any]) -> UsageRecord:
         fallback,
         params_provider,
         parameters_user,
+        disconnected,
+        stream_texts,
     ) = form
     call, slo = _Call._make(call_values), _Payload._make(payload)
     call_id = _text(call.litellm_call_id) or _text(slo.litellm_call_id) or _text(slo.id)
@@ -248,8 +292,14 @@ def record_from_form(form: Sequence[Any]) -> UsageRecord:
         "org_id": meta(4),
     }
     error_class = error_code = None
-    if not success:
-        error_info = _mapping(slo.error_information)
+    error_info = _mapping(slo.error_information)
+    model = _text(slo.model) or _text(call.model) or "unknown"
+    reason = None
+    if success:
+        reason = estimate_reason(
+            disconnected, error_info, usage, tokens, model, stream_texts, count_tokens
+        )
+    else:
         error_class = _text(error_info.get("error_class"))
         error_code = _text(error_info.get("error_code"))
         if error_class is None:
@@ -257,7 +307,7 @@ def record_from_form(form: Sequence[Any]) -> UsageRecord:
     return UsageRecord(
         call_id=call_id,
         end_time=end_time,
-        model=_text(slo.model) or _text(call.model) or "unknown",
+        model=model,
         success=success,
         cost=cost,
         priced=priced,
@@ -270,9 +320,49 @@ def record_from_form(form: Sequence[Any]) -> UsageRecord:
         error_class=error_class,
         error_code=error_code,
         cache_hit=slo.cache_hit is True,
+        estimate_reason=reason,
         identities={k: v for k, v in identities.items() if v is not None},
         **tokens,
     )
+
+
+def estimate_reason(
+    disconnected: object,
+    error_information: Mapping[str, object],
+    usage: object,
+    tokens: Mapping[str, int],
+    model: str,
+    stream_texts: tuple[object, object] | None,
+    count_tokens: TokenCounter | None,
+) -> str | None:
+    """Why a successful call's usage is LiteLLM's estimate, or None (the provider's).
+
+    * ``CLIENT_DISCONNECTED``: LiteLLM's proxy flags a stream whose client left
+      (``litellm_params.metadata.client_disconnected``, and error code 499 in the
+      payload's ``error_information``) and bills what was streamed; the usage chunk
+      comes last, so the prompt is LiteLLM's count.
+    * ``NO_PROVIDER_USAGE``: a stream whose usage is exactly what LiteLLM counts itself
+      from the messages and the text (``count_tokens``) and carries no
+      ``prompt_tokens_details``, which providers that report usage send (OpenAI, and
+      LiteLLM's mapping of Anthropic's cache fields); LiteLLM leaves no other trace of
+      having counted.
+    """
+    if disconnected is True or error_information.get("error_code") == "499":
+        return CLIENT_DISCONNECTED
+    if stream_texts is None or count_tokens is None:
+        return None
+    reported = _mapping(usage)
+    details = _mapping(reported.get("prompt_tokens_details")).values()
+    if any(value is not None for value in details):
+        return None
+    messages, text = stream_texts
+    # The completion first: usually the shorter text, and usually what tells them apart.
+    completion = count_tokens(model, None, text if isinstance(text, str) else "")
+    if completion is None or tokens["completion_tokens"] != completion + tokens["reasoning_tokens"]:
+        return None
+    if tokens["prompt_tokens"] != count_tokens(model, messages, None):
+        return None
+    return NO_PROVIDER_USAGE
 
 
 def _tokens(usage: Mapping[str, object], slo: _Payload) -> dict[str, int]:

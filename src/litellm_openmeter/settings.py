@@ -93,6 +93,8 @@ class Settings:
     shutdown_timeout: float = 5.0
     http_timeout: float = 10.0
     handle_sigterm: bool = True
+    unfinished_after: float = 300.0
+    meter_unfinished: bool = False
 
     @property
     def events_url(self) -> str:
@@ -147,6 +149,8 @@ class Settings:
             shutdown_timeout=reader.number("OPENMETER_SHUTDOWN_TIMEOUT", 5.0, low=0.0),
             http_timeout=reader.number("OPENMETER_HTTP_TIMEOUT", 10.0, low=0.001),
             handle_sigterm=reader.boolean("OPENMETER_HANDLE_SIGTERM", True),
+            unfinished_after=reader.number("OPENMETER_UNFINISHED_AFTER", 300.0, low=0.001),
+            meter_unfinished=reader.boolean("OPENMETER_METER_UNFINISHED", False),
         )
         reader.reject_unknown_overrides()
         return settings
@@ -297,4 +301,6 @@ _KNOWN_KEYS = (
     "shutdown_timeout",
     "http_timeout",
     "handle_sigterm",
+    "unfinished_after",
+    "meter_unfinished",
 )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..estimates import count_like_litellm
 from ..events import CloudEvent, MissingSubjectError, SubjectResolver, build_events
 from ..record import CALL_FIELDS, UsageRecord, record_from_form
 from ..settings import Settings
@@ -52,7 +53,7 @@ class CallBuilder:
             call_id = "unknown"
             try:
                 call_id = text_or(form[1][_CALL_ID], call_id)
-                record = record_from_form(form)
+                record = record_from_form(form, count_like_litellm)
                 call_id = record.call_id
                 self._warn_if_unpriced(record)
                 events = build_events(record, self.settings, resolver)
@@ -66,6 +67,20 @@ class CallBuilder:
                 return (call_id, events) if events else None
         self.keep_unbuilt(call_id, detail)
         return None
+
+    def build_record(
+        self, record: UsageRecord, resolver: SubjectResolver | None = None
+    ) -> list[CloudEvent]:
+        """The events of a record made elsewhere (an unfinished call's estimate); a
+        record without a subject is kept as a dead letter. Never raises."""
+        try:
+            return build_events(record, self.settings, resolver)
+        except MissingSubjectError as exc:
+            log.warning("litellm-openmeter: %s; kept as a dead letter (reason no_subject)", exc)
+            self.keep_dead(exc.events, "no_subject", str(exc))
+        except Exception as exc:
+            self.keep_unbuilt(record.call_id, cannot_build(record.call_id, exc))
+        return []
 
     def keep_unbuilt(self, call_id: str, detail: str) -> None:
         """Keep a placeholder event for a call whose events could not be built."""

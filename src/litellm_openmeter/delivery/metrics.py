@@ -26,6 +26,7 @@ COUNTERS = {
     "delivered": "Events delivered to OpenMeter",
     "retried": "Failed delivery attempts that were retried",
     "refused": "Events refused because the outbox was full",
+    "unfinished": "LLM calls that started and never reported their usage to the hooks",
 }
 
 
