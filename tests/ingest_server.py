@@ -48,6 +48,8 @@ class RecordingServer:
 
     respond: Callable[[Recorded], Answer] | None = None
     port_wanted: int = 0
+    meters: list[dict[str, Any]] = field(default_factory=list)
+    """What ``GET /api/v1/meters`` answers."""
     requests: list[Recorded] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -60,6 +62,15 @@ class RecordingServer:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                found = self.path.split("?")[0] == "/api/v1/meters"
+                payload = json.dumps(recorder.meters).encode() if found else b""
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

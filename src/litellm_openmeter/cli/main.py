@@ -27,6 +27,7 @@ COMMANDS = {
     "outbox": "outbox",
     "doctor": "doctor",
     "usage": "usage",
+    "export": "export",
 }
 
 

@@ -219,4 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--time-zone", default="UTC", help="IANA time zone of the windows")
     usage.add_argument("--json", action="store_true", help="print as JSON")
+
+    export = command(
+        "export",
+        help="copy the local server's events into OpenMeter, resumable, verified",
+        description="Deliver the events stored by serve (its --db) to another "
+        "OpenMeter-compatible endpoint through an outbox of their own: batches, retries, "
+        "dead letters. A second run goes on where the last one stopped; events keep their "
+        "source and id, so OpenMeter's deduplication drops anything sent twice.",
+    )
+    export.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"the server's database (default {default_server_db()})",
+    )
+    export.add_argument("--to", required=True, metavar="URL", help="the target endpoint")
+    export.add_argument(
+        "--key", default=None, help="the target's API key (default OPENMETER_API_KEY)"
+    )
+    export.add_argument(
+        "--from", dest="start", default=None, help="events from, RFC 3339 (inclusive)"
+    )
+    export.add_argument("--until", default=None, help="events until, RFC 3339 (exclusive)")
+    export.add_argument(
+        "--subject", action="append", default=[], help="only this subject (repeatable)"
+    )
+    export.add_argument("--dry-run", action="store_true", help="count and check; send nothing")
+    export.add_argument(
+        "--apply-meters", action="store_true", help="create the meters the target lacks"
+    )
+    export.add_argument(
+        "--verify",
+        action="store_true",
+        help="then compare every meter's totals per subject and day; exit 1 on a difference",
+    )
+    export.add_argument("--json", action="store_true", help="print the outcome as JSON")
     return parser
