@@ -41,6 +41,8 @@ FULL = {
     "transients": ["--calls", "300", "--repeat", "5"],
     # A restart on a million queued events: the first calls, the drain, memory.
     "backlog": ["--backlog", "1000000", "--calls", "1000", "--watch", "60"],
+    # A million stored events exported into a 204 sink and into a fresh serve.
+    "export": ["--events", "1000000"],
 }
 QUICK = {
     "steadiness": ["--seconds", "3"],
@@ -55,6 +57,7 @@ QUICK = {
     ],
     "transients": ["--calls", "50", "--repeat", "1", "--delays", "0,250"],
     "backlog": ["--backlog", "20000", "--calls", "100", "--watch", "3"],
+    "export": ["--events", "20000"],
 }
 
 

@@ -6,7 +6,8 @@ With ``idle`` the process runs under Linux's ``SCHED_IDLE`` policy: it gets only
 time nothing else wants, as if it ran on another machine (OpenMeter does). Prints
 READY when listening. ``GET /count`` answers ``{"events": distinct (source, id)
 received, except subject "warmup"; "received": all events; "last_at": epoch seconds of
-the newest}``. Prints the total on exit.
+the newest}``; ``GET /api/v1/meters`` answers ``[]``, and a ``POST`` of a meter is
+answered 201 and forgotten. Prints the total on exit.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> None:
                 body = json.dumps(
                     {"events": len(distinct), "received": received, "last_at": last_at}
                 ).encode()
+            if self.path.startswith("/api/v1/meters"):
+                body = b"[]"  # no meters: a client that creates them may (see do_POST)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -51,6 +54,13 @@ def main() -> None:
         def do_POST(self) -> None:
             global received, last_at
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith("/api/v1/meters"):  # taken, not kept
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             parsed = json.loads(body)
             events = parsed if isinstance(parsed, list) else [parsed]
             if delay:

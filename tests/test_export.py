@@ -102,6 +102,7 @@ def run_cli(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.heavy
 def test_a_history_of_both_shapes_is_exported_and_verified(
     tmp_path: Path, target: BackgroundServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -157,6 +158,7 @@ def test_a_target_down_at_the_start_is_one_clear_error(tmp_path: Path) -> None:
             process.kill()
 
 
+@pytest.mark.heavy
 def test_the_target_going_down_mid_export_loses_nothing(tmp_path: Path) -> None:
     db = source_db(tmp_path, 20_000)
     port = free_port()
@@ -180,6 +182,7 @@ def test_the_target_going_down_mid_export_loses_nothing(tmp_path: Path) -> None:
             process.kill()
 
 
+@pytest.mark.heavy
 def test_an_export_killed_midway_goes_on_when_run_again(
     tmp_path: Path, target: BackgroundServer
 ) -> None:
@@ -237,3 +240,27 @@ def test_a_dry_run_sends_nothing_and_names_missing_meters(tmp_path: Path) -> Non
         )
         assert wrong_key.returncode == 1 and "rejected the API key" in wrong_key.stderr
         assert "nope-wrong-key" not in wrong_key.stdout + wrong_key.stderr
+
+
+def test_usage_compare_reconciles_two_endpoints(
+    tmp_path: Path,
+    target: BackgroundServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = source_db(tmp_path, 500)
+    assert main(export(db, target.url)) == 0
+    period = ["--from", "2025-01-01T00:00:00Z", "--to", "2025-02-01T00:00:00Z"]
+    with BackgroundServer(open_store(db), token=KEY) as source:
+        monkeypatch.setenv("OPENMETER_API_ENDPOINT", source.url)
+        monkeypatch.setenv("OPENMETER_API_KEY", KEY)
+        capsys.readouterr()
+        assert main(["usage", "--compare", target.url, *period]) == 0
+        assert "verified" in capsys.readouterr().out
+        extra = list(history(2))[1]  # a litellm_tokens event: the configured type
+        extra["id"] = "only-on-the-target"
+        target.store.ingest([extra])
+        assert main(["usage", "--compare", target.url, *period, "--json"]) == 1
+        found = json.loads(capsys.readouterr().out)
+        assert {(d["day"], d["subject"]) for d in found} == {("2025-01-01", extra["subject"])}
+        assert {d["meter"] for d in found} >= {"litellm_tokens_calls", "litellm_tokens_cost"}

@@ -23,14 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..delivery.outbox import Entry, Outbox
 from ..meters import Meter, meters_for
-from ..server.ingest import format_rfc3339, parse_rfc3339
+from ..server.ingest import parse_rfc3339
 from ..settings import Settings
 from .common import CommandError, UsageError, default_server_db, print_json, rich_console
+from .compare import daily_period, difference_lines, differences
 
 CHUNK = 2_000
 """Source rows queued per transaction (and per checkpoint)."""
+BATCH_SIZE = 500
+"""Events per POST unless ``OPENMETER_BATCH_SIZE`` says otherwise: a history moves in
+larger batches than live calls (see BENCHMARKS.md, "Export")."""
 MAX_BACKLOG = 50_000
 """Queued events the export lets wait in its outbox before it reads more."""
 
@@ -128,6 +134,8 @@ def export_command(args: argparse.Namespace) -> int:
     key = selection.key(args.to)
     outbox_path = db.with_name(f"{db.name}.export-{key}.sqlite3")
     overrides: dict[str, object] = {"endpoint": args.to, "outbox_path": outbox_path}
+    if "OPENMETER_BATCH_SIZE" not in os.environ:
+        overrides["batch_size"] = BATCH_SIZE
     if args.key:
         overrides["api_key"] = args.key
     settings = Settings.from_env(**overrides)
@@ -225,7 +233,7 @@ def _copy(
                 ).fetchall()
                 if not rows:
                     break
-                entry = Entry([json.loads(body) for _, body in rows])
+                entry = Entry([orjson.loads(body) for _, body in rows])
                 outbox.write_or_refuse([entry])
                 if entry.refused:
                     raise CommandError(f"cannot queue events in {outbox.path}: {entry.refused}")
@@ -273,44 +281,13 @@ def verify(
         ).fetchone()
     if first is None:
         return []
-    period = {
-        "from": format_rfc3339(first - first % 86400),
-        "to": format_rfc3339(last - last % 86400 + 86400),
-        "windowSize": "DAY",
-        "windowTimeZone": "UTC",
-        "groupBy": ["subject"],
-    }
-    if selection.subjects:
-        period["subject"] = selection.subjects
-    differences = []
+    period = daily_period(first, last + 1, selection.subjects)
     with BackgroundServer(Store(db)) as served:
         local = Settings.from_env(
             api_key="local", endpoint=served.url, outbox_path=settings.outbox_path
         )
         with OpenMeterClient(local) as source, OpenMeterClient(settings) as target:
-            for meter in meters:
-                ours = _totals(source.query(meter.slug, period))
-                theirs = _totals(target.query(meter.slug, period))
-                for day, subject in sorted(set(ours) | set(theirs)):
-                    a, b = ours.get((day, subject), 0.0), theirs.get((day, subject), 0.0)
-                    if abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
-                        differences.append(
-                            {
-                                "meter": meter.slug,
-                                "day": day,
-                                "subject": subject,
-                                "source": a,
-                                "target": b,
-                            }
-                        )
-    return differences
-
-
-def _totals(result: dict[str, Any]) -> dict[tuple[str, str], float]:
-    return {
-        (row["windowStart"][:10], row.get("subject") or ""): float(row["value"] or 0)
-        for row in result.get("data", [])
-    }
+            return differences(source, target, [meter.slug for meter in meters], period)
 
 
 def _moment(text: str | None, flag: str) -> int | None:
@@ -343,10 +320,5 @@ def _print_outcome(as_json: bool, report: dict[str, Any]) -> None:
         for dead in report["rejected"]:
             print(f"  {dead['id']}: {dead['reason']}: {dead['detail']}")
     if "differences" in report:
-        if not report["differences"]:
-            print("verified: every meter's totals per subject and day are equal")
-        for diff in report["differences"]:
-            print(
-                f"differs: {diff['meter']} {diff['day']} {diff['subject'] or '-'}: "
-                f"source {diff['source']:g}, target {diff['target']:g}"
-            )
+        for line in difference_lines(report["differences"]):
+            print(line)

@@ -218,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also group by this meter key, e.g. model (repeatable)",
     )
     usage.add_argument("--time-zone", default="UTC", help="IANA time zone of the windows")
+    usage.add_argument(
+        "--compare",
+        metavar="URL",
+        default=None,
+        help="instead, compare every meter's totals per subject and UTC day with this "
+        "endpoint's (default period: the last 30 days); exit 1 on a difference",
+    )
+    usage.add_argument(
+        "--compare-key", default=None, help="the --compare endpoint's key (default: the same)"
+    )
     usage.add_argument("--json", action="store_true", help="print as JSON")
 
     export = command(

@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .common import CommandError, print_json, rich_console, settings_from_env
+from .common import CommandError, UsageError, print_json, rich_console, settings_from_env
 
 
 def usage_command(args: argparse.Namespace) -> int:
@@ -18,6 +18,8 @@ def usage_command(args: argparse.Namespace) -> int:
     from .client import ClientError, OpenMeterClient
 
     settings = settings_from_env()
+    if args.compare:
+        return _compare(settings, args)
     prefix = slug_prefix(settings.event_type)
     if settings.event_shape == "tokens":
         columns = {"tokens": "tokens_total", "cost": f"{prefix}_cost"}
@@ -83,3 +85,38 @@ def usage_command(args: argparse.Namespace) -> int:
         table.add_row(start, end, subject, *groups, *cells)
     rich_console().print(table if ordered else "no usage in that period")
     return 0
+
+
+def _compare(settings: Any, args: argparse.Namespace) -> int:
+    """Reconcile the configured endpoint with ``--compare``: every meter of the
+    configured event type and shape, per subject and UTC day; exit 1 on a difference."""
+    from ..meters import meters_for
+    from ..server.ingest import parse_rfc3339
+    from ..settings import Settings
+    from .client import ClientError, OpenMeterClient
+    from .compare import daily_period, difference_lines, differences
+
+    now = int(time.time())
+    try:
+        start = int(parse_rfc3339(args.start).timestamp()) if args.start else now - 30 * 86400
+        end = int(parse_rfc3339(args.end).timestamp()) if args.end else now + 1
+    except ValueError as exc:
+        raise UsageError(f"--from/--to: {exc} (use RFC 3339, e.g. 2026-11-01T00:00:00Z)") from None
+    other = Settings.from_env(
+        endpoint=args.compare,
+        api_key=args.compare_key or settings.api_key,
+        outbox_path=settings.outbox_path,
+    )
+    slugs = [meter.slug for meter in meters_for(settings.event_type, settings.event_shape)]
+    try:
+        with OpenMeterClient(settings) as source, OpenMeterClient(other) as target:
+            found = differences(source, target, slugs, daily_period(start, end, args.subject))
+    except ClientError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print_json(found)
+    else:
+        print(f"source {settings.endpoint}, target {other.endpoint}")
+        for line in difference_lines(found):
+            print(line)
+    return 1 if found else 0
