@@ -16,6 +16,10 @@ import pytest
 from conftest import cloud_event, free_port, wait_for
 from ingest_server import Answer, Recorded, RecordingServer
 
+# Processes of their own, started and killed; they read no dates, so CI's second
+# pass (the clock a year ahead) leaves them out.
+pytestmark = pytest.mark.heavy
+
 WORKER = Path(__file__).with_name("worker_process.py")
 
 
