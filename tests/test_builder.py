@@ -25,7 +25,7 @@ from litellm_openmeter.events import (
     resolve_subject,
     token_counts,
 )
-from litellm_openmeter.record import UsageRecord, record_from_kwargs
+from litellm_openmeter.record import UsageError, UsageRecord, record_from_kwargs
 from litellm_openmeter.settings import Settings
 
 from conftest import OPENAPI
@@ -420,3 +420,17 @@ def test_a_non_finite_number_names_nothing(value: float) -> None:
     here = record_from_kwargs(kwargs)
     assert (here.model, here.model_group) == ("unknown", None)
     assert here.identities["user"] == "user-1"  # the request's user, as if none were given
+
+
+def test_a_token_count_json_cannot_carry_is_refused() -> None:
+    """Kept as a dead letter by the builder, never stored as a number OpenMeter cannot
+    read (hypothesis found 2**64 in a usage mapping)."""
+    kwargs = {
+        "litellm_call_id": "call-1",
+        "standard_logging_object": {"metadata": {"usage_object": {"prompt_tokens": 2**64}}},
+    }
+    with pytest.raises(UsageError, match="not a count"):
+        record_from_kwargs(kwargs)
+    kwargs["standard_logging_object"] = {"metadata": {"usage_object": {"prompt_tokens": 2**53}}}
+    with pytest.raises(UsageError):
+        record_from_kwargs(kwargs)

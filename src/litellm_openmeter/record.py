@@ -455,13 +455,22 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+MAX_COUNT = 2**53 - 1
+"""The largest count JSON carries exactly everywhere; a token count above it is no count
+(the call is kept as a dead letter rather than billed wrong)."""
+
+
 def _count(value: object) -> int:
     if type(value) is int:
-        return value if value >= 0 else 0
-    if value is None:
+        count = value if value >= 0 else 0
+    elif value is None:
         return 0
-    number = _number(value)
-    return int(number) if number is not None else 0
+    else:
+        number = _number(value)
+        count = int(number) if number is not None else 0
+    if count > MAX_COUNT:
+        raise UsageError(f"LiteLLM reported a token count of {value!r}, which is not a count")
+    return count
 
 
 def _epoch(value: object) -> float | None:
