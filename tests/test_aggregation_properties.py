@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from litellm_openmeter.meters import AGGREGATIONS, Meter
 from litellm_openmeter.server.ingest import format_rfc3339
-from litellm_openmeter.server.store import Query, Store
+from litellm_openmeter.server.store import Query, Store, period_pieces
 
 BASE = int(datetime(2026, 3, 28, tzinfo=timezone.utc).timestamp())  # spans a DST change
 SPAN = 9 * 86400
@@ -155,6 +155,66 @@ def reference(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=events, spec=queries)
 def test_queries_match_the_reference(rows: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    check_against_reference(rows, spec)
+
+
+LONG_BASE = int(datetime(2026, 2, 26, tzinfo=timezone.utc).timestamp())
+LONG_SPAN = 40 * 86400  # two month ends, and America's and Europe's summer time starting
+long_events = st.lists(
+    st.fixed_dictionaries(
+        {
+            "time": st.one_of(
+                st.integers(LONG_BASE, LONG_BASE + LONG_SPAN),
+                st.builds(
+                    lambda h, d: LONG_BASE + h * 3600 + d,
+                    st.integers(0, LONG_SPAN // 3600),
+                    st.sampled_from([-1, 0, 1]),
+                ),
+            ),
+            "subject": st.sampled_from(["a", "b", "c"]),
+            "model": st.sampled_from(["m1", "m2", None]),
+            "value": values,
+            "has_value": st.booleans(),
+        }
+    ),
+    max_size=60,
+)
+owned_day_queries = st.fixed_dictionaries(
+    {
+        "aggregation": st.sampled_from(["SUM", "COUNT", "AVG"]),
+        "window": st.sampled_from(["DAY", "MONTH"]),
+        # Whole-hour offsets east and west, up to 14 hours, and none.
+        "zone": st.sampled_from(
+            ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Pacific/Kiritimati"]
+        ),
+        "group_subject": st.booleans(),
+        "group_model": st.booleans(),
+        "start": st.one_of(
+            st.none(),
+            st.integers(LONG_BASE // 3600 - 24, (LONG_BASE + LONG_SPAN) // 3600).map(
+                lambda h: h * 3600
+            ),
+        ),
+        "length": st.one_of(st.none(), st.integers(0, LONG_SPAN // 3600).map(lambda h: h * 3600)),
+        "subjects": st.lists(st.sampled_from(["a", "b", "c"]), max_size=2, unique=True),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=long_events, spec=owned_day_queries)
+def test_days_and_months_in_a_zone_from_the_daily_rollup(
+    rows: list[dict[str, Any]], spec: dict[str, Any]
+) -> None:
+    """Windows on a zone's whole hours are read from the daily rollup plus the hours
+    each UTC day shares with the next window; over weeks, month ends and offset changes
+    they equal the reference."""
+    check_against_reference(rows, spec)
+
+
+def check_against_reference(rows: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    """Store ``rows`` as events of one meter, query it as ``spec`` says and compare
+    with :func:`reference`."""
     with tempfile.TemporaryDirectory() as folder:
         store = Store(Path(folder) / "p.sqlite3")
         meter = Meter(
@@ -262,3 +322,33 @@ def test_rollups_respect_unaligned_bounds() -> None:
                     )
                     assert got == want, (start - BASE, end and end - BASE, window)
         store.close()
+
+
+@given(
+    start=st.one_of(st.none(), st.integers(0, 40 * 86400)),
+    length=st.one_of(st.none(), st.integers(0, 40 * 86400)),
+)
+def test_a_period_is_cut_into_whole_buckets_in_time_order(
+    start: int | None, length: int | None
+) -> None:
+    """Pieces follow each other without gap or overlap from start to end; each rollup
+    piece is whole days or hours; the facts hold no whole hour."""
+    end = None if start is None or length is None else start + length
+    pieces = period_pieces(start, end)
+    if start is not None and end is not None and start >= end:
+        assert pieces == []
+        return
+    assert pieces[0][1] == start and pieces[-1][2] == end
+    for (_, _, before), (_, after, _) in zip(pieces, pieces[1:]):
+        assert before == after
+    for size, low, high in pieces:
+        assert low is None or high is None or low < high
+        if size is None:
+            assert low is not None and high is not None
+            assert -(-low // 3600) * 3600 + 3600 > high
+        else:
+            assert all(edge is None or edge % size == 0 for edge in (low, high))
+    # The coarsest first: no run of hours or facts holds a whole day that could be one.
+    days = [piece for piece in pieces if piece[0] == 86400]
+    if start is not None and end is not None and (end // 86400) - (-(-start // 86400)) >= 1:
+        assert len(days) == 1

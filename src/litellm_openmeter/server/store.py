@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS events (
     validation_error TEXT,
     UNIQUE (source, id)
 );
+-- The newest events first (GET /api/v1/events) without reading them all.
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE TABLE IF NOT EXISTS meters (
     slug TEXT PRIMARY KEY,
     id TEXT NOT NULL,
@@ -946,14 +948,26 @@ class Store:
         head = (["subject"] if by_subject else []) + [group_cols[key] for key in group_keys]
         reader = _Reader(conn, meter, layout, head, filters, filter_params)
         if not query.window_size:
-            granularity = _rollup_granularity(meter, query, [(0, 0)])
-            if granularity is None:
-                source = reader.facts(scope, scope_params, query.start, query.end)
+            if _rolls_up(meter):
+                # Whole UTC days from the daily rollup, the ragged ends from the hourly
+                # one and the facts: a period in a customer's zone reads a few rows a day.
+                source = []
+                for granularity, start, end in period_pieces(query.start, query.end):
+                    if granularity is None:
+                        source += reader.facts(scope, scope_params, start, end)
+                    else:
+                        source += reader.rollups(granularity, start, end)
             else:
-                source = reader.rollups(granularity, query.start, query.end)
+                source = reader.facts(scope, scope_params, query.start, query.end)
             return _result(query, _merge_period(reader, source, query, scope, scope_params))
-        points = offset_points(tz, self._days_with_data(layout, first[0], query.end))
+        days = self._days_with_data(layout, first[0], query.end)
+        points = offset_points(tz, days)
         granularity = _rollup_granularity(meter, query, points)
+        if granularity == _HOUR and query.window_size in ("DAY", "MONTH") and _rolls_up(meter):
+            # Windows on the zone's hours: the daily rollup, corrected by the hours each
+            # UTC day shares with the window next to it.
+            source = _owned_days(reader, query, points, tz, days)
+            return _result(query, _merge_windows(reader, source, query, tz))
         column = "time" if granularity is None else "hour"
         key, key_params = window_key_sql(query.window_size, column, points)
         if granularity is None:
@@ -1027,13 +1041,32 @@ class _Reader:
         params: list[Any] = []
         if self.meter.event_from is not None:
             # eventFrom is whole seconds; a rollup only fits when it is aligned to it.
-            scope = ["hour >= ?"]
-            params = [int(parse_rfc3339(self.meter.event_from).timestamp())]
+            scope.append("hour >= ?")
+            params.append(int(parse_rfc3339(self.meter.event_from).timestamp()))
         partial, extra = _partial_sql(self.meter, self.layout, rollup=True)
         table = self.layout.rollups[granularity]
         return self._select(
             table, key, key_params or [], partial, extra, scope, params, start, end, "hour"
         )
+
+    def shared_hours(
+        self, hours: Sequence[int], key: str, owner: str, key_params: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        """Rows of the given hourly buckets, each with the window its hour is in and the
+        window its UTC day's middle is in: ``(hour, *head, key, owner, *partial)``."""
+        partial, _ = _partial_sql(self.meter, self.layout, rollup=True)
+        columns = ["hour", *self.head]
+        grouping = ", ".join(str(i + 1) for i in range(len(columns)))
+        having = ""
+        if self.meter.aggregation in ("SUM", "AVG"):
+            column = self.layout.column("n", self.meter.value_property or "").name
+            having = f"HAVING SUM(cnt_{column}) > 0"
+        where = _where([f"hour IN ({','.join('?' * len(hours))})", *self.filters])
+        sql = (
+            f"SELECT {', '.join(columns)}, {key}, {owner}, {partial} "
+            f"FROM {self.layout.rollups[_HOUR]} {where} GROUP BY {grouping} {having}"
+        )
+        return self.conn.execute(sql, [*key_params, *hours, *self.filter_params]).fetchall()
 
     def _select(
         self,
@@ -1190,6 +1223,95 @@ def _rollup_granularity(meter: Meter, query: Query, points: list[tuple[int, int]
             continue
         return granularity
     return None
+
+
+def _rolls_up(meter: Meter) -> bool:
+    """Whether the rollups can answer this meter (sums and counts, no ``eventFrom``)."""
+    return meter.aggregation in ("SUM", "COUNT", "AVG") and meter.event_from is None
+
+
+def period_pieces(
+    start: int | None, end: int | None, sizes: tuple[int, ...] = (_DAY, _HOUR)
+) -> list[tuple[int | None, int | None, int | None]]:
+    """``[start, end)`` cut into ``(size, start, end)`` pieces in time order: whole
+    buckets of the first size in the middle, of the next sizes towards the ends, and
+    what no bucket covers (size None: the facts) at the very ends. None is open."""
+    if start is not None and end is not None and start >= end:
+        return []
+    for index, size in enumerate(sizes):
+        low = None if start is None else -(-start // size) * size
+        high = None if end is None else end // size * size
+        if low is None or high is None or low < high:
+            finer = sizes[index + 1 :]
+            before = period_pieces(start, low, finer) if low != start else []
+            after = period_pieces(high, end, finer) if high != end else []
+            return [*before, (size, low, high), *after]
+    return [(None, start, end)]
+
+
+def _owned_days(
+    reader: _Reader, query: Query, points: list[tuple[int, int]], tz: Any, days: list[int]
+) -> list[tuple[Any, ...]]:
+    """Bucket rows of DAY or MONTH windows on the zone's whole hours, from the daily
+    rollup: each UTC day inside the period goes whole to the window that holds its
+    middle, and the hours it shares with the window next to it move there (taken from
+    the hourly rollup, once with each sign). A zone's day thus reads its UTC day and a
+    few hours, not 24 hours. The ends of the period that are not whole days are read
+    hour by hour. Rows as :meth:`_Reader.rollups` gives them, in its order."""
+    size = query.window_size
+    assert size is not None
+    low = None if query.start is None else -(-query.start // _DAY) * _DAY
+    high = None if query.end is None else query.end // _DAY * _DAY
+    hourly_key, hourly_params = window_key_sql(size, "hour", points)
+    if low is not None and high is not None and low >= high:
+        return reader.rollups(_HOUR, query.start, query.end, hourly_key, hourly_params)
+    middle = _DAY // 2
+    moved: list[int] = []
+    for day in days:
+        first = day * _DAY
+        if (low is not None and first < low) or (high is not None and first + _DAY > high):
+            continue
+        start, end = window(size, first + middle, tz)
+        moved += range(first, max(first, start), _HOUR)
+        moved += range(min(max(end, first), first + _DAY), first + _DAY, _HOUR)
+    owner_key, owner_params = window_key_sql(size, f"(hour - hour % {_DAY} + {middle})", points)
+    # (sign, what to add to a row's first hour for a moment inside its window, rows)
+    signed: list[tuple[int, int, list[tuple[Any, ...]]]] = [
+        (1, middle, reader.rollups(_DAY, low, high, owner_key, owner_params)),
+    ]
+    for piece_start, piece_end in ((query.start, low), (high, query.end)):
+        if piece_start != piece_end:
+            rows = reader.rollups(_HOUR, piece_start, piece_end, hourly_key, hourly_params)
+            signed.append((1, 0, rows))
+    width = 1 + len(reader.head)
+    for chunk in range(0, len(moved), 10_000):
+        # Each shared hour: added to its own window, taken from its day's owner.
+        hours = moved[chunk : chunk + 10_000]
+        added, taken = [], []
+        for row in reader.shared_hours(
+            hours, hourly_key, owner_key, [*hourly_params, *owner_params]
+        ):
+            head, partial = row[1:width], row[width + 2 :]
+            added.append((row[width], *head, row[0], *partial))
+            taken.append((row[width + 1], *head, row[0], *partial))
+        signed += [(1, 0, added), (-1, 0, taken)]
+    cells: dict[tuple[Any, ...], list[Any]] = {}
+    for sign, shift, rows in signed:
+        for row in rows:
+            moment = row[width] + shift if sign > 0 else None
+            cell = cells.get(row[:width])
+            if cell is None:
+                cells[row[:width]] = [moment, *(sign * part for part in row[width + 1 :])]
+                continue
+            if cell[0] is None:
+                cell[0] = moment
+            for index, part in enumerate(row[width + 1 :], 1):
+                cell[index] += sign * part
+    return [
+        (*key, cell[0] if cell[0] is not None else 0, *cell[1:])
+        for key, cell in sorted(cells.items())
+        if cell[-1] > 0
+    ]
 
 
 def _partial_sql(meter: Meter, layout: Layout, rollup: bool) -> tuple[str, list[str]]:
