@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS delivered (
 CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES
-    ('bytes', 0), ('delivered', 0), ('retried', 0), ('refused', 0), ('last_error', '');
+    ('bytes', 0), ('delivered', 0), ('retried', 0), ('refused', 0), ('last_error', ''),
+    ('paused', '');
 CREATE TRIGGER IF NOT EXISTS events_added AFTER INSERT ON events BEGIN
     UPDATE meta SET value = value + NEW.size WHERE key = 'bytes';
 END;
@@ -244,6 +245,8 @@ class OutboxStats:
     outbox_bytes: int
     oldest_age_seconds: float | None
     last_error: str
+    paused: str = ""
+    """Why the last sender paused delivery (a key or endpoint the server rejects), or ''."""
 
 
 def _owner_pid(owner: str | None) -> int | None:
@@ -720,6 +723,12 @@ class Outbox:
         with self._transaction() as conn:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_error'", (error,))
 
+    def set_paused(self, reason: str) -> None:
+        """Record that delivery is paused and why ('' once it resumed), for every reader
+        of the file (``outbox status``, the dashboard)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'paused'", (reason,))
+
     def forget_delivered(self, older_than: float = DELIVERED_MEMORY_SECONDS) -> int:
         """Drop remembered delivered ids older than ``older_than`` seconds.
 
@@ -762,12 +771,15 @@ class Outbox:
 
     # -- operators' side ------------------------------------------------------------
 
-    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
+    def dead_letters(
+        self, limit: int | None = None, *, newest_first: bool = False
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first (or newest first)."""
+        order = "failed_at DESC, id DESC" if newest_first else "failed_at, id"
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT source, id, body, reason, detail, failed_at, attempts "
-                "FROM dead_letters ORDER BY failed_at, id LIMIT ?",
+                f"FROM dead_letters ORDER BY {order} LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         return [
@@ -875,4 +887,5 @@ class Outbox:
             outbox_bytes=int(meta["bytes"]),
             oldest_age_seconds=None if oldest is None else max(0.0, now - oldest),
             last_error=str(meta["last_error"]),
+            paused=str(meta.get("paused") or ""),
         )

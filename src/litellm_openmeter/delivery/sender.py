@@ -212,6 +212,7 @@ class Sender:
                     log.error(
                         "litellm-openmeter delivery paused, every event kept: %s", result.detail
                     )
+                    self.outbox.set_paused(result.detail)
                 self.paused_reason = result.detail
                 return self.settings.retry_max_delay
             delay = backoff_delay(self._failures - 1, self.settings.retry_max_delay)
@@ -228,6 +229,8 @@ class Sender:
             return delay
         if self.paused_reason is not None or self._failures:
             log.warning("litellm-openmeter delivery resumed after %d failure(s)", self._failures)
+        if self.paused_reason is not None:
+            self.outbox.set_paused("")
         self.paused_reason = None
         self._failures = 0
         return 0.0
