@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from collections import defaultdict
@@ -339,7 +340,7 @@ def test_a_period_is_cut_into_whole_buckets_in_time_order(
         assert pieces == []
         return
     assert pieces[0][1] == start and pieces[-1][2] == end
-    for (_, _, before), (_, after, _) in zip(pieces, pieces[1:]):
+    for (_, _, before), (_, after, _) in itertools.pairwise(pieces):
         assert before == after
     for size, low, high in pieces:
         assert low is None or high is None or low < high
