@@ -994,3 +994,50 @@ def test_a_query_stops_when_its_client_goes_away(tmp_path: Path) -> None:
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
         wait_for(store.told_to_stop.is_set, what="the query to be told its client left")
+
+
+def test_a_file_from_before_the_summary_rollups_gets_them(tmp_path: Path) -> None:
+    """A database written before the summary rollups (every subject together, every
+    group together) existed is given them when opened, from its full rollups: the
+    queries that read them answer as before."""
+    import sqlite3
+
+    db = tmp_path / "old.sqlite3"
+    store = open_store(db)
+    store.ingest(
+        [
+            cloud_event(
+                f"e{n}",
+                f"customer-{n % 3}",
+                {"model": f"m{n % 2}", "cost": n / 10, "prompt_tokens": n},
+                time=f"2025-03-{1 + n % 20:02d}T{n % 24:02d}:30:00Z",
+            )
+            for n in range(120)
+        ]
+    )
+    queries = [
+        Query(group_by=["model"]),
+        Query(window_size="DAY", time_zone="America/New_York", group_by=["model"]),
+        Query(window_size="MONTH", time_zone="Asia/Tokyo"),
+        Query(window_size="DAY", time_zone="Europe/Berlin", group_by=["subject"]),
+        Query(group_by=["subject", "model"], subjects=["customer-1"]),
+    ]
+    before = [store.query("litellm_tokens_cost", query) for query in queries]
+    layout = store.layouts["litellm_tokens"]
+    together = list(layout.summaries)
+    store.close()
+    with sqlite3.connect(db) as conn:
+        for table in together:
+            conn.execute(f"DROP TABLE {table}")
+    reopened = Store(db)
+    try:
+        assert [reopened.query("litellm_tokens_cost", query) for query in queries] == before
+        names = {
+            row[0]
+            for row in reopened._reader().execute(
+                "SELECT name FROM sqlite_master WHERE type='table'"
+            )
+        }
+        assert set(together) <= names
+    finally:
+        reopened.close()

@@ -213,6 +213,12 @@ class Layout:
         self.facts = f"facts_{tag}"
         # Rollups by granularity in seconds: hours, and days in UTC.
         self.rollups = {_HOUR: f"rollup_{tag}", _DAY: f"rollup_{tag}_day"}
+        # The same with every subject together (subject ''), and with every group value
+        # together (NULL's stand-in): what a query without subjects, or with subjects
+        # and no group values, reads, far fewer rows than one per subject and group.
+        self.together = {_HOUR: f"rollup_{tag}_all", _DAY: f"rollup_{tag}_all_day"}
+        self.per_subject = {_HOUR: f"rollup_{tag}_subj", _DAY: f"rollup_{tag}_subj_day"}
+        self.summaries = [*self.together.values(), *self.per_subject.values()]
         self.by_key = {(c.role, c.path): c for c in columns}
         self.groups = [c for c in columns if c.role == "g"]
         self.numbers = [c for c in columns if c.role == "n"]
@@ -232,6 +238,18 @@ class Layout:
         names = "".join(f", {c.name}" for c in self.columns)
         marks = ", ?" * len(self.columns)
         return f"INSERT INTO {self.facts} (seq, time, subject{names}) VALUES (?, ?, ?{marks})"
+
+    def rollup_table_sql(self, table: str) -> str:
+        """``CREATE TABLE`` of one of the rollups."""
+        groups = "".join(f", {c.name} TEXT NOT NULL" for c in self.groups)
+        stats = "".join(
+            f", sum_{c.name} REAL NOT NULL, cnt_{c.name} INTEGER NOT NULL" for c in self.numbers
+        )
+        key = ", ".join(["hour", "subject", *[c.name for c in self.groups]])
+        return (
+            f"CREATE TABLE {table} (hour INTEGER NOT NULL, subject TEXT NOT NULL"
+            f"{groups}, rows INTEGER NOT NULL{stats}, PRIMARY KEY ({key})) WITHOUT ROWID"
+        )
 
     def rollup_sql(self, table: str) -> str:
         groups = [c.name for c in self.groups]
@@ -276,15 +294,31 @@ class Layout:
         """Write the deltas to every rollup table and move the mark (in the caller's
         transaction)."""
         hourly = [tuple(row) for row in self.pending.values()]
+        width = 2 + len(self._group_at)
+        nothing = (_NO_GROUP,) * len(self._group_at)
+
+        def every_subject(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (row[0], "", *row[2:])
+
+        def every_group(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (*row[:2], *nothing, *row[width:])
+
         for granularity, table in self.rollups.items():
             if granularity != _HOUR:
                 merged: dict[tuple[Any, ...], list[Any]] = {}
                 coarser = ((row[0] // granularity * granularity, *row[1:]) for row in hourly)
-                _merge(merged, coarser, 2 + len(self._group_at))
+                _merge(merged, coarser, width)
                 rows = [tuple(row) for row in merged.values()]
             else:
                 rows = hourly
             conn.executemany(self.rollup_sql(table), rows)
+            for summary, view in (
+                (self.together[granularity], every_subject),
+                (self.per_subject[granularity], every_group),
+            ):
+                merged = {}
+                _merge(merged, map(view, rows), width)
+                conn.executemany(self.rollup_sql(summary), [tuple(r) for r in merged.values()])
         conn.execute(
             "INSERT INTO rollup_marks (tag, seq) VALUES (?, ?) "
             "ON CONFLICT (tag) DO UPDATE SET seq = MAX(seq, excluded.seq)",
@@ -389,15 +423,47 @@ class Store:
         }
         for event_type, layout in list(self.layouts.items()):
             if {layout.facts, *layout.rollups.values()} <= tables:
+                if not set(layout.summaries) <= tables:
+                    self._add_summaries(layout)
                 continue
             with self._write_lock:
                 self._writer.execute("BEGIN IMMEDIATE")
-                for table in (layout.facts, *layout.rollups.values()):
+                for table in (layout.facts, *layout.rollups.values(), *layout.summaries):
                     self._writer.execute(f"DROP TABLE IF EXISTS {table}")
                 del self.layouts[event_type]
                 self._relayout(event_type)
                 self._writer.execute("COMMIT")
         self._attach_meters()
+
+    def _add_summaries(self, layout: Layout) -> None:
+        """Make the summary rollups (every subject together, every group together) of a
+        file from before them, from its full rollups, in one transaction."""
+        groups = [c.name for c in layout.groups]
+        sums = ", ".join(
+            f"SUM({name})"
+            for name in ["rows", *(f"{k}_{c.name}" for c in layout.numbers for k in ("sum", "cnt"))]
+        )
+        nothing = ", ".join("char(0)" for _ in groups)
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for granularity, full in layout.rollups.items():
+                    for table, keys, values in (
+                        (layout.together[granularity], ["hour", *groups], ["hour", "''", *groups]),
+                        (layout.per_subject[granularity], ["hour", "subject"], ["hour", "subject"]),
+                    ):
+                        if table == layout.per_subject[granularity] and nothing:
+                            values = [*values, nothing]
+                        self._writer.execute(f"DROP TABLE IF EXISTS {table}")
+                        self._writer.execute(layout.rollup_table_sql(table))
+                        self._writer.execute(
+                            f"INSERT INTO {table} SELECT {', '.join(values)}, {sums} "
+                            f"FROM {full} GROUP BY {', '.join(keys)}"
+                        )
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
 
     def _catch_up(self) -> None:
         """Roll up the facts rows whose deltas had not been written (the process ended
@@ -572,19 +638,11 @@ class Store:
             f"time INTEGER NOT NULL, subject TEXT NOT NULL{defs})"
         )
         conn.execute(f"CREATE INDEX {layout.facts}_time ON {layout.facts} (time)")
-        groups = "".join(f", {c.name} TEXT NOT NULL" for c in layout.groups)
-        stats = "".join(
-            f", sum_{c.name} REAL NOT NULL, cnt_{c.name} INTEGER NOT NULL" for c in layout.numbers
-        )
-        key = ", ".join(["hour", "subject", *[c.name for c in layout.groups]])
-        for table in layout.rollups.values():
-            conn.execute(
-                f"CREATE TABLE {table} (hour INTEGER NOT NULL, subject TEXT NOT NULL"
-                f"{groups}, rows INTEGER NOT NULL{stats}, PRIMARY KEY ({key})) WITHOUT ROWID"
-            )
+        for table in (*layout.rollups.values(), *layout.summaries):
+            conn.execute(layout.rollup_table_sql(table))
         if current is not None:
-            for table in (current.facts, *current.rollups.values()):
-                conn.execute(f"DROP TABLE {table}")
+            for table in (current.facts, *current.rollups.values(), *current.summaries):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
             conn.execute("DELETE FROM rollup_marks WHERE tag = ?", (current.tag,))
         conn.execute(
             "INSERT OR REPLACE INTO layouts (event_type, tag, columns) VALUES (?, ?, ?)",
@@ -946,7 +1004,8 @@ class Store:
         if first is None:
             return _result(query, [])
         head = (["subject"] if by_subject else []) + [group_cols[key] for key in group_keys]
-        reader = _Reader(conn, meter, layout, head, filters, filter_params)
+        by_group = bool(group_keys or query.filter_group_by or query.advanced_filters)
+        reader = _Reader(conn, meter, layout, head, filters, filter_params, by_subject, by_group)
         if not query.window_size:
             if _rolls_up(meter):
                 # Whole UTC days from the daily rollup, the ragged ends from the hourly
@@ -1005,6 +1064,8 @@ class _Reader:
         head: list[str],
         filters: list[str],
         filter_params: list[Any],
+        by_subject: bool,
+        by_group: bool,
     ) -> None:
         self.conn = conn
         self.meter = meter
@@ -1012,6 +1073,15 @@ class _Reader:
         self.head = head
         self.filters = filters
         self.filter_params = filter_params
+        self.by_subject = by_subject
+        self.by_group = by_group
+        """Grouped or filtered by subject, and by group values: which rollups serve."""
+
+    def rollup_tables(self) -> dict[int, str]:
+        """The smallest rollups (by granularity) that hold what the query asks for."""
+        if not self.by_subject:
+            return self.layout.together
+        return self.layout.rollups if self.by_group else self.layout.per_subject
 
     def facts(
         self,
@@ -1044,7 +1114,7 @@ class _Reader:
             scope.append("hour >= ?")
             params.append(int(parse_rfc3339(self.meter.event_from).timestamp()))
         partial, extra = _partial_sql(self.meter, self.layout, rollup=True)
-        table = self.layout.rollups[granularity]
+        table = self.rollup_tables()[granularity]
         return self._select(
             table, key, key_params or [], partial, extra, scope, params, start, end, "hour"
         )
@@ -1052,19 +1122,21 @@ class _Reader:
     def shared_hours(
         self, hours: Sequence[int], key: str, owner: str, key_params: list[Any]
     ) -> list[tuple[Any, ...]]:
-        """Rows of the given hourly buckets, each with the window its hour is in and the
-        window its UTC day's middle is in: ``(hour, *head, key, owner, *partial)``."""
+        """The given hourly buckets summed by the window their hour is in, the window
+        their UTC day's middle is in, and the head: ``(key, owner, *head, an hour,
+        *partial)``."""
         partial, _ = _partial_sql(self.meter, self.layout, rollup=True)
-        columns = ["hour", *self.head]
+        columns = [key, owner, *self.head]
         grouping = ", ".join(str(i + 1) for i in range(len(columns)))
         having = ""
         if self.meter.aggregation in ("SUM", "AVG"):
             column = self.layout.column("n", self.meter.value_property or "").name
             having = f"HAVING SUM(cnt_{column}) > 0"
         where = _where([f"hour IN ({','.join('?' * len(hours))})", *self.filters])
+        table = self.rollup_tables()[_HOUR]
         sql = (
-            f"SELECT {', '.join(columns)}, {key}, {owner}, {partial} "
-            f"FROM {self.layout.rollups[_HOUR]} {where} GROUP BY {grouping} {having}"
+            f"SELECT {', '.join(columns)}, MIN(hour), {partial} "
+            f"FROM {table} {where} GROUP BY {grouping} {having}"
         )
         return self.conn.execute(sql, [*key_params, *hours, *self.filter_params]).fetchall()
 
@@ -1291,9 +1363,8 @@ def _owned_days(
         for row in reader.shared_hours(
             hours, hourly_key, owner_key, [*hourly_params, *owner_params]
         ):
-            head, partial = row[1:width], row[width + 2 :]
-            added.append((row[width], *head, row[0], *partial))
-            taken.append((row[width + 1], *head, row[0], *partial))
+            added.append((row[0], *row[2:]))
+            taken.append((row[1], *row[2:]))
         signed += [(1, 0, added), (-1, 0, taken)]
     cells: dict[tuple[Any, ...], list[Any]] = {}
     for sign, shift, rows in signed:
