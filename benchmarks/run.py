@@ -43,6 +43,8 @@ FULL = {
     "backlog": ["--backlog", "1000000", "--calls", "1000", "--watch", "60"],
     # A million stored events exported into a 204 sink and into a fresh serve.
     "export": ["--events", "1000000"],
+    # The dashboard's 30-day view over a million events in Debian's Chromium.
+    "dashboard": ["--events", "1000000", "--rounds", "5"],
 }
 QUICK = {
     "steadiness": ["--seconds", "3"],
@@ -58,6 +60,7 @@ QUICK = {
     "transients": ["--calls", "50", "--repeat", "1", "--delays", "0,250"],
     "backlog": ["--backlog", "20000", "--calls", "100", "--watch", "3"],
     "export": ["--events", "20000"],
+    "dashboard": ["--events", "20000", "--rounds", "1"],
 }
 
 

@@ -99,6 +99,9 @@ def test_demo_prints_a_table_the_check_and_the_environment(tmp_path: Path) -> No
         assert "calls made: 8 (7 succeeded, 1 failed, 1 without a user)" in output
         [exported] = [line for line in printed if line.strip().startswith("export ")]
         variables = dict(item.split("=", 1) for item in exported.split()[1:])
+        [browse] = [line for line in printed if "in a browser" in line]
+        page = httpx.get(browse.split()[-1], timeout=30)
+        assert page.status_code == 200 and "dashboard.js" in page.text
         assert set(variables) == {"OPENMETER_API_ENDPOINT", "OPENMETER_API_KEY"}
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENMETER_")}
         usage = subprocess.run(

@@ -429,7 +429,7 @@ def test_a_rolling_restart_bills_each_answered_request_once(
     """Two proxies of 2 workers on one outbox. Under load the old one gets SIGTERM and,
     a grace period later, SIGKILL (its workers in the middle of stopping); the load
     moves to the new one, and one of its workers is SIGKILLed later."""
-    requests = 2000
+    requests = 900
     grace = 0.5
     (old_url, old), (new_url, new) = (start_proxy(tmp_path, meter, workers=2) for _ in "ab")
     try:

@@ -291,6 +291,7 @@ def _run_in(
             out.print(
                 f"\nThe server keeps running at [bold]{server.url}[/] (data in {folder}, "
                 "removed when it stops); press Ctrl-C to stop.\n"
+                f"See the usage in a browser: [bold]{server.url}/[/]\n"
                 "Point the CLI (and a LiteLLM app) at it from another shell:\n"
                 f"  export OPENMETER_API_ENDPOINT={server.url} OPENMETER_API_KEY=demo"
                 f"{shape_env}\n"

@@ -28,6 +28,7 @@ COMMANDS = {
     "doctor": "doctor",
     "usage": "usage",
     "export": "export",
+    "dashboard": "dashboard",
 }
 
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command != "serve":
+    if args.command not in ("serve", "dashboard"):
         # Commands report through their own output and one error line; the library's
         # delivery log lines would only repeat that.
         quiet = logging.getLogger("litellm_openmeter")

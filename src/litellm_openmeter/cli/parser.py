@@ -265,4 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="then compare every meter's totals per subject and day; exit 1 on a difference",
     )
     export.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    dashboard = command(
+        "dashboard",
+        help="serve the usage dashboard for OPENMETER_API_ENDPOINT",
+        description="Serve the usage dashboard (the page serve shows at /) for the "
+        "configured OpenMeter: the page's read-only queries go through this server, which "
+        "adds OPENMETER_API_KEY itself, so the key never reaches the browser. Beside the "
+        "outbox (OPENMETER_OUTBOX_PATH) it also shows delivery health.",
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
+    dashboard.add_argument("--port", type=_port, default=8890, help="port (default 8890)")
+    dashboard.add_argument(
+        "--token",
+        default=None,
+        help=f"require this Bearer token for the page's data (or set {SERVER_TOKEN_ENV})",
+    )
     return parser

@@ -14,7 +14,7 @@ from types import TracebackType
 import uvicorn
 
 from ..meters import Meter, default_server_meters
-from .app import DEFAULT_MAX_BODY, create_app
+from .app import DEFAULT_MAX_BODY, ASGIApp, create_app
 from .store import Store
 
 log = logging.getLogger("litellm_openmeter.server")
@@ -42,8 +42,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(store: Store, token: str | None, max_body: int, log_level: str) -> uvicorn.Server:
-    app = create_app(store, token=token, max_body=max_body)
+def _server(app: ASGIApp, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(
         app, access_log=False, log_level=log_level, lifespan="off", log_config=None
     )
@@ -59,29 +58,25 @@ def serve(
 ) -> None:
     """Serve on a socket from :func:`bind` in the foreground until interrupted (Ctrl-C
     or SIGTERM). Binding comes first, so that a port in use fails before anything else."""
-    server = _server(store, token, max_body, "info")
     try:
-        server.run(sockets=[sock])
+        serve_app(sock, create_app(store, token=token, max_body=max_body))
     finally:
         store.close()
 
 
-class BackgroundServer:
-    """The local server on a daemon thread, bound to a free loopback port by default."""
+def serve_app(sock: socket.socket, app: ASGIApp) -> None:
+    """Serve any of the package's apps on ``sock`` in the foreground until interrupted."""
+    _server(app, "info").run(sockets=[sock])
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        token: str | None = None,
-        max_body: int = DEFAULT_MAX_BODY,
-    ) -> None:
-        self.store = store
+
+class BackgroundApp:
+    """One of the package's apps on a daemon thread, bound to a free loopback port by
+    default."""
+
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._sock = bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
-        self._server = _server(store, token, max_body, "warning")
+        self._server = _server(app, "warning")
         self._thread = threading.Thread(
             target=self._run, name="litellm-openmeter-server", daemon=True
         )
@@ -95,7 +90,7 @@ class BackgroundServer:
     def _run(self) -> None:
         asyncio.run(self._server.serve(sockets=[self._sock]))
 
-    def start(self, timeout: float = 10.0) -> BackgroundServer:
+    def start(self, timeout: float = 10.0) -> BackgroundApp:
         """Start and wait until it accepts requests."""
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -106,13 +101,12 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and close the store."""
+        """Stop serving."""
         self._server.should_exit = True
         self._thread.join(timeout)
         self._sock.close()
-        self.store.close()
 
-    def __enter__(self) -> BackgroundServer:
+    def __enter__(self) -> BackgroundApp:
         return self.start()
 
     def __exit__(
@@ -122,3 +116,32 @@ class BackgroundServer:
         trace: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class BackgroundServer(BackgroundApp):
+    """The local server on a daemon thread, bound to a free loopback port by default."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.store = store
+        super().__init__(create_app(store, token=token, max_body=max_body), host=host, port=port)
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Start and wait until it accepts requests."""
+        super().start(timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and close the store."""
+        super().stop(timeout)
+        self.store.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
