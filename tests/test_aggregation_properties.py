@@ -30,26 +30,36 @@ values = st.one_of(
     st.just("not-a-number"),
     st.just(True),
 )
-events = st.lists(
-    st.fixed_dictionaries(
-        {
-            # Times next to quarter hours probe window edges in every zone.
-            "time": st.one_of(
-                st.integers(BASE, BASE + SPAN),
-                st.builds(
-                    lambda q, d: BASE + q * 900 + d,
-                    st.integers(0, SPAN // 900),
-                    st.sampled_from([-1, 0, 1, 1799]),
+
+
+def event_lists(
+    base: int, span: int, step: int, nudges: list[int], max_size: int
+) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """Events from ``base`` to ``base + span``, some next to multiples of ``step`` (by
+    ``nudges`` seconds): window edges."""
+    return st.lists(
+        st.fixed_dictionaries(
+            {
+                "time": st.one_of(
+                    st.integers(base, base + span),
+                    st.builds(
+                        lambda q, d: base + q * step + d,
+                        st.integers(0, span // step),
+                        st.sampled_from(nudges),
+                    ),
                 ),
-            ),
-            "subject": st.sampled_from(["a", "b", "c"]),
-            "model": st.sampled_from(["m1", "m2", None]),
-            "value": values,
-            "has_value": st.booleans(),
-        }
-    ),
-    max_size=40,
-)
+                "subject": st.sampled_from(["a", "b", "c"]),
+                "model": st.sampled_from(["m1", "m2", None]),
+                "value": values,
+                "has_value": st.booleans(),
+            }
+        ),
+        max_size=max_size,
+    )
+
+
+# Times next to quarter hours probe window edges in every zone.
+events = event_lists(BASE, SPAN, 900, [-1, 0, 1, 1799], 40)
 queries = st.fixed_dictionaries(
     {
         "aggregation": st.sampled_from(AGGREGATIONS),
@@ -161,25 +171,7 @@ def test_queries_match_the_reference(rows: list[dict[str, Any]], spec: dict[str,
 
 LONG_BASE = int(datetime(2026, 2, 26, tzinfo=timezone.utc).timestamp())
 LONG_SPAN = 40 * 86400  # two month ends, and America's and Europe's summer time starting
-long_events = st.lists(
-    st.fixed_dictionaries(
-        {
-            "time": st.one_of(
-                st.integers(LONG_BASE, LONG_BASE + LONG_SPAN),
-                st.builds(
-                    lambda h, d: LONG_BASE + h * 3600 + d,
-                    st.integers(0, LONG_SPAN // 3600),
-                    st.sampled_from([-1, 0, 1]),
-                ),
-            ),
-            "subject": st.sampled_from(["a", "b", "c"]),
-            "model": st.sampled_from(["m1", "m2", None]),
-            "value": values,
-            "has_value": st.booleans(),
-        }
-    ),
-    max_size=60,
-)
+long_events = event_lists(LONG_BASE, LONG_SPAN, 3600, [-1, 0, 1], 60)
 owned_day_queries = st.fixed_dictionaries(
     {
         "aggregation": st.sampled_from(["SUM", "COUNT", "AVG"]),

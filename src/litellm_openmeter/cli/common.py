@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,20 @@ def settings_from_env(require_key: bool = True) -> Settings:
     if not require_key and not os.environ.get("OPENMETER_API_KEY"):
         overrides["api_key"] = "not-needed"
     return Settings.from_env(**overrides)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket of ``serve`` or ``dashboard``; a port in use (or an address
+    not this host's) is one line with the fix."""
+    from ..server import bind
+
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(choose another --port, or stop what uses it)"
+        ) from None
 
 
 def print_json(value: object) -> None:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..settings import Settings
-from .common import SERVER_TOKEN_ENV, CommandError, settings_from_env
+from .common import SERVER_TOKEN_ENV, listen, settings_from_env
 
 DEAD_LETTERS_SHOWN = 20
 
@@ -57,20 +57,14 @@ def delivery_health(settings: Settings) -> dict[str, Any]:
 
 def dashboard_command(args: argparse.Namespace) -> int:
     """Serve the dashboard in the foreground until Ctrl-C."""
-    from ..server import bind, create_forwarding_app, serve_app
+    from ..server import create_forwarding_app, serve_app
 
     settings = settings_from_env()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     token = args.token or os.environ.get(SERVER_TOKEN_ENV) or None
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
-            "(choose another --port, or stop what uses it)"
-        ) from None
+    sock = listen(args.host, args.port)
     app = create_forwarding_app(
         settings.endpoint,
         settings.api_key,

@@ -6,13 +6,13 @@ import argparse
 import logging
 import os
 
-from .common import SERVER_TOKEN_ENV, CommandError, default_server_db
+from .common import SERVER_TOKEN_ENV, CommandError, default_server_db, listen
 
 
 def serve_command(args: argparse.Namespace) -> int:
     """Serve OpenMeter's API on ``--host``:``--port`` from ``--db``."""
     from ..meters import MeterError, load_meters_file
-    from ..server import bind, open_store, serve
+    from ..server import open_store, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,13 +25,7 @@ def serve_command(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
     db = args.db or default_server_db()
     token = args.token or os.environ.get(SERVER_TOKEN_ENV) or None
-    try:  # first, so that a port in use changes nothing and logs no "serving"
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
-            "(choose another --port, or stop what uses it)"
-        ) from None
+    sock = listen(args.host, args.port)  # first: a port in use changes nothing
     try:
         store = open_store(db, meters)
     except Exception as exc:
