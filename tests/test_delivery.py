@@ -350,3 +350,24 @@ def test_a_client_that_cannot_be_made_is_made_again_at_the_next_send(
         sender.stop(5)
     assert ingest.accepted_ids() == {"late-client"}
     assert len(attempts) == 2
+
+
+def test_a_pause_is_recorded_in_the_outbox_for_its_other_readers(
+    make_logger: Any, ingest: RecordingServer
+) -> None:
+    """``outbox status`` and the dashboard read the file, not the logger: a pause and
+    its reason are there while it lasts, and gone once delivery resumes."""
+    from litellm_openmeter.delivery.outbox import Outbox
+
+    ingest.respond = lambda request: (401, {}, b"bad key")
+    logger = make_logger(retry_max_delay=0.2)
+    record(logger, 2)
+    reader = Outbox(logger.outbox.path)
+    try:
+        wait_for(lambda: reader.stats().paused, what="the pause in the file")
+        assert "OPENMETER_API_KEY" in reader.stats().paused
+        ingest.respond = None
+        wait_for(lambda: len(ingest.accepted_events()) == 2, what="delivery after the pause")
+        wait_for(lambda: reader.stats().paused == "", what="the pause gone from the file")
+    finally:
+        reader.close()
