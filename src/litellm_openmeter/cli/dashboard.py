@@ -27,9 +27,7 @@ def delivery_health(settings: Settings) -> dict[str, Any]:
     try:
         stats = outbox.stats()
         newest = outbox.dead_letters(DEAD_LETTERS_SHOWN, newest_first=True)
-        reasons: dict[str, int] = {}
-        for letter in outbox.dead_letters():
-            reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
+        reasons = outbox.dead_letter_reasons()
     finally:
         outbox.close()
     return {

@@ -12,6 +12,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -69,8 +70,6 @@ def page_routes(
         health = delivery
 
         async def delivery_health(request: Request) -> Response:
-            from starlette.concurrency import run_in_threadpool
-
             return JSONResponse(await run_in_threadpool(health))
 
         routes.append(Route("/dashboard/delivery.json", delivery_health, methods=["GET"]))

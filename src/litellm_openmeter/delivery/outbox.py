@@ -787,6 +787,14 @@ class Outbox:
             for row in rows
         ]
 
+    def dead_letter_reasons(self) -> dict[str, int]:
+        """How many dead letters there are for each reason."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason"
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in rows}
+
     def requeue(self, ids: Sequence[str] | None = None, subject: str | None = None) -> int:
         """Move dead letters back to the queue (all when ``ids`` is None).
 

@@ -443,17 +443,18 @@ class Store:
             f"SUM({name})"
             for name in ["rows", *(f"{k}_{c.name}" for c in layout.numbers for k in ("sum", "cnt"))]
         )
-        nothing = ", ".join("char(0)" for _ in groups)
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 for granularity, full in layout.rollups.items():
                     for table, keys, values in (
                         (layout.together[granularity], ["hour", *groups], ["hour", "''", *groups]),
-                        (layout.per_subject[granularity], ["hour", "subject"], ["hour", "subject"]),
+                        (
+                            layout.per_subject[granularity],
+                            ["hour", "subject"],
+                            ["hour", "subject", *("char(0)" for _ in groups)],
+                        ),
                     ):
-                        if table == layout.per_subject[granularity] and nothing:
-                            values = [*values, nothing]
                         self._writer.execute(f"DROP TABLE IF EXISTS {table}")
                         self._writer.execute(layout.rollup_table_sql(table))
                         self._writer.execute(
@@ -1119,6 +1120,13 @@ class _Reader:
             table, key, key_params or [], partial, extra, scope, params, start, end, "hour"
         )
 
+    def _rollup_having(self) -> str:
+        """A rollup bucket counts for SUM and AVG only where it holds a value."""
+        if self.meter.aggregation not in ("SUM", "AVG"):
+            return ""
+        column = self.layout.column("n", self.meter.value_property or "").name
+        return f"HAVING SUM(cnt_{column}) > 0"
+
     def shared_hours(
         self, hours: Sequence[int], key: str, owner: str, key_params: list[Any]
     ) -> list[tuple[Any, ...]]:
@@ -1128,10 +1136,7 @@ class _Reader:
         partial, _ = _partial_sql(self.meter, self.layout, rollup=True)
         columns = [key, owner, *self.head]
         grouping = ", ".join(str(i + 1) for i in range(len(columns)))
-        having = ""
-        if self.meter.aggregation in ("SUM", "AVG"):
-            column = self.layout.column("n", self.meter.value_property or "").name
-            having = f"HAVING SUM(cnt_{column}) > 0"
+        having = self._rollup_having()
         where = _where([f"hour IN ({','.join('?' * len(hours))})", *self.filters])
         table = self.rollup_tables()[_HOUR]
         sql = (
@@ -1159,10 +1164,7 @@ class _Reader:
         moment = [] if self.meter.aggregation == "LATEST" else [f"MIN({time_column})"]
         columns = [key, *self.head]
         grouping = ", ".join([str(i + 1) for i in range(len(columns))] + extra)
-        having = ""
-        if time_column == "hour" and self.meter.aggregation in ("SUM", "AVG"):
-            column = self.layout.column("n", self.meter.value_property or "").name
-            having = f"HAVING SUM(cnt_{column}) > 0"
+        having = self._rollup_having() if time_column == "hour" else ""
         sql = (
             f"SELECT {', '.join(columns)}, {', '.join([*moment, partial])} FROM {table} "
             f"{_where(scope + clauses + self.filters)} GROUP BY {grouping} {having} "
